@@ -1,0 +1,201 @@
+"""The implementations under comparison, behind one small interface.
+
+* `evalexec`: `evalexec.executors.AsyncExecutor` / `SyncExecutor`;
+* `phoenix`: `phoenix.evals.executors.AsyncExecutor` / `SyncExecutor` (the reference);
+* `floor`: the least an executor can do. Async: `asyncio.gather` over every input, an
+  `asyncio.Semaphore(concurrency)`, an immediate-retry loop and `asyncio.wait_for` when
+  a timeout is given. Sync: a bare `for` loop with the same retry loop.
+
+Every runner returns `(outputs, statuses)` where statuses are the `ExecutionStatus`
+values as strings ("COMPLETED", "COMPLETED WITH RETRIES", "FAILED", "DID NOT RUN").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Callable, Sequence
+from types import ModuleType
+from typing import Any, Protocol
+
+COMPLETED = "COMPLETED"
+COMPLETED_WITH_RETRIES = "COMPLETED WITH RETRIES"
+FAILED = "FAILED"
+DID_NOT_RUN = "DID NOT RUN"
+
+IMPLS: tuple[str, ...] = ("evalexec", "phoenix", "floor")
+_MODULES = {"evalexec": "evalexec.executors", "phoenix": "phoenix.evals.executors"}
+
+AsyncFn = Callable[[Any], Awaitable[Any]]
+SyncFn = Callable[[Any], Any]
+Result = tuple[list[Any], list[str]]
+
+
+class ImplUnavailable(Exception):
+    """The implementation cannot be imported."""
+
+
+class AsyncRunner(Protocol):
+    async def execute(self, inputs: Sequence[Any]) -> Result: ...
+
+    def run(self, inputs: Sequence[Any]) -> Result: ...
+
+
+class SyncRunner(Protocol):
+    def run(self, inputs: Sequence[Any]) -> Result: ...
+
+
+def load_module(impl: str) -> ModuleType:
+    try:
+        return importlib.import_module(_MODULES[impl])
+    except Exception as exc:
+        raise ImplUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _statuses(details: Sequence[Any]) -> list[str]:
+    return [str(d.status.value) for d in details]
+
+
+class _WrappedAsync:
+    """Adapts a Phoenix-shaped AsyncExecutor to `AsyncRunner`."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+
+    async def execute(self, inputs: Sequence[Any]) -> Result:
+        outputs, details = await self.executor.execute(inputs)
+        return list(outputs), _statuses(details)
+
+    def run(self, inputs: Sequence[Any]) -> Result:
+        outputs, details = self.executor.run(inputs)
+        return list(outputs), _statuses(details)
+
+
+class _WrappedSync:
+    """Adapts a Phoenix-shaped SyncExecutor to `SyncRunner`."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+
+    def run(self, inputs: Sequence[Any]) -> Result:
+        outputs, details = self.executor.run(inputs)
+        return list(outputs), _statuses(details)
+
+
+class FloorAsync:
+    """gather + semaphore + immediate retry (+ `asyncio.wait_for` when timeout is set)."""
+
+    def __init__(
+        self,
+        fn: AsyncFn,
+        *,
+        concurrency: int,
+        max_retries: int,
+        timeout: float | None,
+        exit_on_error: bool,
+    ) -> None:
+        self.fn = fn
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout = timeout
+        # The floor never stops early: it has no notion of a run to abort.
+        self.exit_on_error = exit_on_error
+
+    async def execute(self, inputs: Sequence[Any]) -> Result:
+        n = len(inputs)
+        outputs: list[Any] = [None] * n
+        statuses: list[str] = [DID_NOT_RUN] * n
+        semaphore = asyncio.Semaphore(self.concurrency)
+        fn = self.fn
+        timeout = self.timeout
+        attempts = self.max_retries + 1
+
+        async def one(index: int, item: Any) -> None:
+            async with semaphore:
+                for attempt in range(attempts):
+                    try:
+                        if timeout is None:
+                            result = await fn(item)
+                        else:
+                            result = await asyncio.wait_for(fn(item), timeout)
+                    except Exception:
+                        continue
+                    outputs[index] = result
+                    statuses[index] = COMPLETED if attempt == 0 else COMPLETED_WITH_RETRIES
+                    return
+                statuses[index] = FAILED
+
+        await asyncio.gather(*[one(i, x) for i, x in enumerate(inputs)])
+        return outputs, statuses
+
+    def run(self, inputs: Sequence[Any]) -> Result:
+        return asyncio.run(self.execute(inputs))
+
+
+class FloorSync:
+    """A bare for loop with an immediate-retry loop."""
+
+    def __init__(self, fn: SyncFn, *, max_retries: int, exit_on_error: bool) -> None:
+        self.fn = fn
+        self.max_retries = max_retries
+        self.exit_on_error = exit_on_error
+
+    def run(self, inputs: Sequence[Any]) -> Result:
+        n = len(inputs)
+        outputs: list[Any] = [None] * n
+        statuses: list[str] = [DID_NOT_RUN] * n
+        fn = self.fn
+        attempts = self.max_retries + 1
+        for index, item in enumerate(inputs):
+            for attempt in range(attempts):
+                try:
+                    outputs[index] = fn(item)
+                except Exception:
+                    continue
+                statuses[index] = COMPLETED if attempt == 0 else COMPLETED_WITH_RETRIES
+                break
+            else:
+                statuses[index] = FAILED
+        return outputs, statuses
+
+
+def make_async(
+    impl: str,
+    fn: AsyncFn,
+    *,
+    concurrency: int,
+    max_retries: int = 10,
+    timeout: float | None = None,
+    exit_on_error: bool = True,
+) -> AsyncRunner:
+    """An async runner of `impl` over `fn`. `timeout=None` keeps each impl's default."""
+    if impl == "floor":
+        return FloorAsync(
+            fn,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            timeout=timeout,
+            exit_on_error=exit_on_error,
+        )
+    module = load_module(impl)
+    executor = module.AsyncExecutor(
+        fn,
+        concurrency=concurrency,
+        tqdm_bar_format=None,
+        max_retries=max_retries,
+        exit_on_error=exit_on_error,
+        timeout=timeout,
+    )
+    return _WrappedAsync(executor)
+
+
+def make_sync(
+    impl: str, fn: SyncFn, *, max_retries: int = 10, exit_on_error: bool = True
+) -> SyncRunner:
+    if impl == "floor":
+        return FloorSync(fn, max_retries=max_retries, exit_on_error=exit_on_error)
+    module = load_module(impl)
+    executor = module.SyncExecutor(
+        fn, tqdm_bar_format=None, max_retries=max_retries, exit_on_error=exit_on_error
+    )
+    return _WrappedSync(executor)

@@ -1,0 +1,490 @@
+"""A simulated LLM provider for the benchmarks.
+
+`AsyncProvider` is awaited by async generation functions, `SyncProvider` is called by
+sync ones. Both share one deterministic fault plan and one set of limits:
+
+* latency: fixed, or lognormal with a median, clipped to [low, high]; drawn once per
+  input from a seeded RNG, so every implementation sees the same latencies;
+* a request-rate token bucket (requests/minute, small capacity): a call that finds it
+  empty gets a 429 after `reject_latency` seconds;
+* a max-in-flight limit: a call that arrives while `max_in_flight` accepted calls run
+  gets a 429 after `reject_latency` seconds;
+* transient plain errors and hangs, decided per (input, attempt number) from the seed,
+  so the outcome of attempt k of input x is the same whatever order calls arrive in;
+* 429s optionally carry a retry hint (`retry-after` header, seconds);
+* a quota-exhausted mode: every call fails with an `insufficient_quota` 429.
+
+Every call is recorded (input, attempt, tag, start, end, outcome, whether the provider
+accepted it) on the loop's clock (`asyncio.get_running_loop().time()`, or
+`time.monotonic()` for the sync variant). `report()` summarises calls and waste and
+checks that the limits held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Outcomes of a call, as recorded.
+OK = "ok"
+ERROR = "error"
+RATE_LIMITED = "rate_limited"
+QUOTA = "quota"
+CANCELLED = "cancelled"
+RUNNING = "running"
+
+# Plan entries for one (input, attempt).
+PLAN_OK = "ok"
+PLAN_ERROR = "error"
+PLAN_HANG = "hang"
+
+
+class FakeResponse:
+    """The part of an `httpx.Response` that error handlers look at."""
+
+    __slots__ = ("headers", "status_code")
+
+    def __init__(self, status_code: int, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def __repr__(self) -> str:
+        return f"<FakeResponse [{self.status_code}]>"
+
+
+class APIStatusError(Exception):
+    """Shaped like `openai.APIStatusError`: message, `status_code`, `response`, `body`."""
+
+    def __init__(self, message: str, *, response: FakeResponse, body: object | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.response = response
+        self.status_code = response.status_code
+        self.body = body
+        error = body.get("error") if isinstance(body, dict) else None
+        self.code: str | None = error.get("code") if isinstance(error, dict) else None
+
+
+class RateLimitError(APIStatusError):
+    """Shaped like `openai.RateLimitError` (HTTP 429). Defined here, imported from nowhere."""
+
+
+class TransientProviderError(Exception):
+    """A plain transient failure (think connection reset or HTTP 500 without a status)."""
+
+
+def _rate_limit_error(retry_after: float | None) -> RateLimitError:
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        headers["retry-after"] = f"{retry_after:g}"
+    body = {"error": {"message": "Rate limit reached", "type": "requests", "code": None}}
+    return RateLimitError(
+        "Error code: 429 - rate limit reached",
+        response=FakeResponse(429, headers),
+        body=body,
+    )
+
+
+def _quota_error() -> RateLimitError:
+    body = {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan.",
+            "type": "insufficient_quota",
+            "code": "insufficient_quota",
+        }
+    }
+    return RateLimitError(
+        "Error code: 429 - insufficient_quota", response=FakeResponse(429), body=body
+    )
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-input latency: fixed when `sigma == 0`, else lognormal around `median`, clipped."""
+
+    median: float
+    sigma: float = 0.0
+    low: float = 0.0
+    high: float = math.inf
+
+    @classmethod
+    def fixed(cls, seconds: float) -> Latency:
+        return cls(median=seconds)
+
+    def draw(self, rng: random.Random) -> float:
+        if self.sigma == 0:
+            return self.median
+        value = rng.lognormvariate(math.log(self.median), self.sigma)
+        return min(self.high, max(self.low, value))
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """The simulated provider's behaviour. All randomness derives from `seed`."""
+
+    latency: Latency = field(default_factory=lambda: Latency.fixed(0.05))
+    requests_per_minute: float | None = None
+    bucket_capacity: float = 10.0
+    max_in_flight: int | None = None
+    reject_latency: float = 0.05
+    error_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_first_attempt_only: bool = True
+    hang_seconds: float = 3600.0
+    retry_after: float | None = None
+    quota_exhausted: bool = False
+    quota_latency: float = 0.5
+    seed: int = 0
+
+
+class FaultPlan:
+    """Deterministic outcome per (input, attempt) and latency per input.
+
+    Each value comes from an RNG seeded with the config seed and the key, so it does not
+    depend on the order in which an executor happens to issue calls.
+    """
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self._config = config
+        self._latency: dict[Hashable, float] = {}
+        self._outcome: dict[tuple[Hashable, int], str] = {}
+        self._overrides: dict[tuple[Hashable, int], str] = {}
+
+    def set_outcome(self, item: Hashable, attempt: int, outcome: str) -> None:
+        """Force the outcome of one attempt (attempts count from 1)."""
+        self._overrides[(item, attempt)] = outcome
+
+    def latency(self, item: Hashable) -> float:
+        if self._config.latency.sigma == 0:
+            return self._config.latency.median
+        value = self._latency.get(item)
+        if value is None:
+            rng = random.Random(f"{self._config.seed}/latency/{item!r}")
+            value = self._latency[item] = self._config.latency.draw(rng)
+        return value
+
+    def outcome(self, item: Hashable, attempt: int) -> str:
+        key = (item, attempt)
+        forced = self._overrides.get(key)
+        if forced is not None:
+            return forced
+        value = self._outcome.get(key)
+        if value is None:
+            value = self._outcome[key] = self._draw_outcome(item, attempt)
+        return value
+
+    def _draw_outcome(self, item: Hashable, attempt: int) -> str:
+        cfg = self._config
+        if cfg.error_rate == 0 and cfg.hang_rate == 0:
+            return PLAN_OK
+        roll = random.Random(f"{cfg.seed}/outcome/{item!r}/{attempt}").random()
+        hang_possible = attempt == 1 or not cfg.hang_first_attempt_only
+        if hang_possible and roll < cfg.hang_rate:
+            return PLAN_HANG
+        if roll < cfg.hang_rate + cfg.error_rate:
+            return PLAN_ERROR
+        return PLAN_OK
+
+    def attempts_until_ok(self, item: Hashable, max_attempts: int) -> tuple[int, list[str]]:
+        """Attempts an ideal executor makes for `item` (stops at the first ok or the cap)."""
+        outcomes: list[str] = []
+        for attempt in range(1, max_attempts + 1):
+            outcome = self.outcome(item, attempt)
+            outcomes.append(outcome)
+            if outcome == PLAN_OK:
+                break
+        return len(outcomes), outcomes
+
+
+class CallRecord:
+    """One call to the provider."""
+
+    __slots__ = ("accepted", "attempt", "end", "item", "outcome", "retry_after", "start", "tag")
+
+    def __init__(self, item: Hashable, attempt: int, tag: str, start: float) -> None:
+        self.item = item
+        self.attempt = attempt
+        self.tag = tag
+        self.start = start
+        self.end: float | None = None
+        self.outcome = RUNNING
+        self.accepted = False
+        self.retry_after: float | None = None
+
+
+@dataclass
+class ProviderReport:
+    """What a run did to the provider."""
+
+    calls: int
+    wasted: int
+    outcomes: dict[str, int]
+    peak_in_flight: int
+    peak_in_flight_by_tag: dict[str, int]
+    peak_accepted_in_flight: int
+    max_accepted_per_minute: int
+    still_running: int
+    limit_violations: list[str]
+    dispatched_during_hint: int
+    first_start: float | None
+    last_end: float | None
+
+    def summary(self) -> str:
+        parts = [f"{k}={v}" for k, v in sorted(self.outcomes.items())]
+        return " ".join(parts)
+
+
+class TokenBucket:
+    """Classic token bucket: `rate` tokens per second, at most `capacity`, starts full."""
+
+    __slots__ = ("_last", "_tokens", "capacity", "rate")
+
+    def __init__(self, rate_per_second: float, capacity: float, now: float) -> None:
+        self.rate = rate_per_second
+        self.capacity = capacity
+        self._tokens = capacity
+        self._last = now
+
+    def try_take(self, now: float) -> bool:
+        if now > self._last:
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class _ProviderBase:
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.plan = FaultPlan(config)
+        self.records: list[CallRecord] = []
+        self._attempts: Counter[Hashable] = Counter()
+        self._bucket: TokenBucket | None = None
+        self._accepted_in_flight = 0
+
+    def _begin(self, item: Hashable, tag: str, now: float) -> CallRecord:
+        self._attempts[item] += 1
+        record = CallRecord(item, self._attempts[item], tag, now)
+        self.records.append(record)
+        return record
+
+    def _admit(self, now: float) -> bool:
+        """Apply the in-flight limit and the rate limit at arrival time."""
+        cfg = self.config
+        if cfg.max_in_flight is not None and self._accepted_in_flight >= cfg.max_in_flight:
+            return False
+        if cfg.requests_per_minute is not None:
+            if self._bucket is None:
+                self._bucket = TokenBucket(cfg.requests_per_minute / 60.0, cfg.bucket_capacity, now)
+            if not self._bucket.try_take(now):
+                return False
+        return True
+
+    def report(self) -> ProviderReport:
+        return build_report(self.records, self.config)
+
+    def ideal_attempts(self, items: Iterable[Hashable], max_attempts: int) -> int:
+        return sum(self.plan.attempts_until_ok(item, max_attempts)[0] for item in items)
+
+
+class AsyncProvider(_ProviderBase):
+    """The provider for async generation functions: `await provider(item)`."""
+
+    async def __call__(self, item: Hashable) -> Any:
+        return await self.call(item)
+
+    def client(self, tag: str) -> Callable[[Hashable], Any]:
+        """A generation function whose calls are recorded under `tag`."""
+
+        async def generate(item: Hashable) -> Any:
+            return await self.call(item, tag)
+
+        return generate
+
+    async def call(self, item: Hashable, tag: str = "") -> Any:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        record = self._begin(item, tag, loop.time())
+        try:
+            if cfg.quota_exhausted:
+                await asyncio.sleep(cfg.quota_latency)
+                record.outcome = QUOTA
+                raise _quota_error()
+            if not self._admit(record.start):
+                await asyncio.sleep(cfg.reject_latency)
+                record.outcome = RATE_LIMITED
+                record.retry_after = cfg.retry_after
+                raise _rate_limit_error(cfg.retry_after)
+            record.accepted = True
+            self._accepted_in_flight += 1
+            try:
+                planned = self.plan.outcome(item, record.attempt)
+                if planned == PLAN_HANG:
+                    await asyncio.sleep(cfg.hang_seconds)
+                await asyncio.sleep(self.plan.latency(item))
+            finally:
+                self._accepted_in_flight -= 1
+            if planned == PLAN_ERROR:
+                record.outcome = ERROR
+                raise TransientProviderError(f"transient failure for {item!r}")
+            record.outcome = OK
+            return item
+        except asyncio.CancelledError:
+            record.outcome = CANCELLED
+            raise
+        finally:
+            record.end = loop.time()
+
+
+class SyncProvider(_ProviderBase):
+    """The provider for sync generation functions; sleeps with `time.sleep`."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(config)
+        self._clock = clock
+        self._sleep = sleep
+
+    def __call__(self, item: Hashable) -> Any:
+        return self.call(item)
+
+    def call(self, item: Hashable, tag: str = "") -> Any:
+        cfg = self.config
+        record = self._begin(item, tag, self._clock())
+        try:
+            if cfg.quota_exhausted:
+                self._sleep(cfg.quota_latency)
+                record.outcome = QUOTA
+                raise _quota_error()
+            if not self._admit(record.start):
+                self._sleep(cfg.reject_latency)
+                record.outcome = RATE_LIMITED
+                record.retry_after = cfg.retry_after
+                raise _rate_limit_error(cfg.retry_after)
+            record.accepted = True
+            self._accepted_in_flight += 1
+            try:
+                planned = self.plan.outcome(item, record.attempt)
+                if planned == PLAN_HANG:
+                    self._sleep(cfg.hang_seconds)
+                self._sleep(self.plan.latency(item))
+            finally:
+                self._accepted_in_flight -= 1
+            if planned == PLAN_ERROR:
+                record.outcome = ERROR
+                raise TransientProviderError(f"transient failure for {item!r}")
+            record.outcome = OK
+            return item
+        except BaseException:
+            if record.outcome == RUNNING:
+                record.outcome = CANCELLED
+            raise
+        finally:
+            record.end = self._clock()
+
+
+def _peak_overlap(intervals: Iterable[tuple[float, float]]) -> int:
+    """Largest number of half-open intervals [start, end) that overlap."""
+    events: list[tuple[float, int]] = []
+    for start, end in intervals:
+        events.append((start, 1))
+        events.append((end, -1))
+    events.sort()  # at equal times, ends (-1) sort before starts (+1)
+    peak = current = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    """Most events in any half-open window of length `window`."""
+    times = sorted(times)
+    best = 0
+    lo = 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def dispatched_during_hints(records: list[CallRecord]) -> int:
+    """Calls that started strictly inside a retry-after window opened by the same tag.
+
+    A 429 carrying hint h, raised (its record's end) at t0, opens (t0, t0 + h).
+    """
+    by_tag: dict[str, list[CallRecord]] = {}
+    for record in records:
+        by_tag.setdefault(record.tag, []).append(record)
+    count = 0
+    for tag_records in by_tag.values():
+        windows = sorted(
+            (r.end, r.end + r.retry_after)
+            for r in tag_records
+            if r.retry_after is not None and r.end is not None
+        )
+        if not windows:
+            continue
+        # Merge overlapping windows into disjoint open intervals.
+        merged: list[list[float]] = []
+        for lo, hi in windows:
+            if merged and lo < merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        starts = [m[0] for m in merged]
+        for record in tag_records:
+            i = bisect.bisect_left(starts, record.start) - 1
+            if i >= 0 and merged[i][0] < record.start < merged[i][1]:
+                count += 1
+    return count
+
+
+def build_report(records: list[CallRecord], config: ProviderConfig) -> ProviderReport:
+    outcomes = Counter(r.outcome for r in records)
+    ends = [r.end for r in records if r.end is not None]
+    horizon = max(ends) if ends else 0.0
+    spans = [(r.start, r.end if r.end is not None else horizon) for r in records]
+    by_tag: dict[str, list[tuple[float, float]]] = {}
+    for record, span in zip(records, spans, strict=True):
+        by_tag.setdefault(record.tag, []).append(span)
+    accepted = [span for r, span in zip(records, spans, strict=True) if r.accepted]
+    accepted_starts = [r.start for r in records if r.accepted]
+    peak_accepted = _peak_overlap(accepted)
+    per_minute = _max_in_window(accepted_starts, 60.0)
+
+    violations: list[str] = []
+    if config.max_in_flight is not None and peak_accepted > config.max_in_flight:
+        violations.append(f"provider in-flight {peak_accepted} > {config.max_in_flight}")
+    if config.requests_per_minute is not None:
+        allowed = config.requests_per_minute + config.bucket_capacity
+        if per_minute > allowed:
+            violations.append(f"provider rate {per_minute}/min > {allowed:g}")
+    return ProviderReport(
+        calls=len(records),
+        wasted=sum(n for outcome, n in outcomes.items() if outcome != OK),
+        outcomes=dict(outcomes),
+        peak_in_flight=_peak_overlap(spans),
+        peak_in_flight_by_tag={tag: _peak_overlap(s) for tag, s in by_tag.items()},
+        peak_accepted_in_flight=peak_accepted,
+        max_accepted_per_minute=per_minute,
+        still_running=outcomes.get(RUNNING, 0),
+        limit_violations=violations,
+        dispatched_during_hint=dispatched_during_hints(records),
+        first_start=min((r.start for r in records), default=None),
+        last_end=horizon if ends else None,
+    )

@@ -1,0 +1,249 @@
+"""Benchmark runner for evalexec against Phoenix's executors and a bare-asyncio floor.
+
+Run from the repository root:
+
+    .venv/bin/python -m bench.run                       # every scenario, every impl
+    .venv/bin/python -m bench.run --quick               # smaller N: a smoke run
+    .venv/bin/python -m bench.run --scenario latency --scenario hang --impl evalexec
+    .venv/bin/python -m bench.run --timeout 60          # per-row time limit (s)
+
+Each (scenario, implementation) pair runs in its own subprocess with a time limit; a
+pair that exceeds it is reported as a TIMEOUT row. The runner prints one markdown table
+and writes the same rows as JSON to bench/results/latest.json (or `--json PATH`).
+See bench/README.md for what each scenario measures and how ideal and efficiency are
+defined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python bench/run.py` also works
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.impls import IMPLS, ImplUnavailable
+from bench.scenarios import SCENARIOS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
+MEM_LABEL = "peak RSS Δ (MiB)"
+
+
+@dataclass
+class Row:
+    scenario: str
+    impl: str
+    status: str  # "ok", "error", "skipped", "TIMEOUT"
+    wall: float | None = None
+    ideal: float | None = None
+    efficiency: float | None = None
+    calls: int | None = None
+    wasted: int | None = None
+    peak_rss_mib: float | None = None
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def worker(scenario: str, impl: str, quick: bool, out: Path) -> int:
+    """Run one pair in this process and write its Row as JSON to `out`."""
+    spec = SCENARIOS[scenario]
+    rss_before = _rss_kib()
+    try:
+        m = spec.run(impl, quick)
+    except ImplUnavailable as exc:
+        status = "skipped" if impl == "phoenix" else "error"
+        row = Row(scenario, impl, status, notes=[f"{impl} not importable: {exc}"])
+    except Exception as exc:
+        tb = traceback.format_exc(limit=-3).strip().splitlines()
+        row = Row(scenario, impl, "error", notes=[f"{type(exc).__name__}: {exc}", *tb[-4:]])
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        row = Row(
+            scenario,
+            impl,
+            "ok",
+            wall=m.wall,
+            ideal=m.ideal,
+            efficiency=m.efficiency,
+            calls=m.calls,
+            wasted=m.wasted,
+            peak_rss_mib=max(0, peak - rss_before) / 1024,
+            notes=m.notes,
+            extra=m.extra,
+        )
+    out.write_text(json.dumps(asdict(row)))
+    return 0
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT), str(REPO_ROOT / "src")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def _tail(path: Path, lines: int = 3) -> list[str]:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return []
+    return [line[:200] for line in text[-lines:]]
+
+
+def run_pair(scenario: str, impl: str, quick: bool, limit: float) -> Row:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        out = Path(tmp) / "row.json"
+        log = Path(tmp) / "log.txt"
+        cmd = [sys.executable, "-m", "bench.run", "--worker", scenario, impl, "--out", str(out)]
+        if quick:
+            cmd.append("--quick")
+        start = time.perf_counter()
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO_ROOT,
+                env=_child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                code = proc.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return Row(
+                    scenario,
+                    impl,
+                    "TIMEOUT",
+                    wall=time.perf_counter() - start,
+                    notes=[f"TIMEOUT: killed after {limit:g} s"],
+                )
+        if out.exists():
+            data = json.loads(out.read_text())
+            return Row(**data)
+        return Row(scenario, impl, "error", notes=[f"worker exited {code}", *_tail(log)])
+
+
+def _fmt(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.5f}"
+    return f"{value:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    header = [
+        "scenario",
+        "impl",
+        "wall (s)",
+        "ideal (s)",
+        "efficiency",
+        "calls",
+        "wasted",
+        MEM_LABEL,
+        "notes",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        notes = "; ".join(r.notes) if r.status == "ok" else f"{r.status}: " + "; ".join(r.notes)
+        cells = [
+            r.scenario + (" (virtual)" if SCENARIOS[r.scenario].virtual else ""),
+            r.impl,
+            _fmt(r.wall) if r.status == "ok" else r.status,
+            _fmt(r.ideal),
+            _fmt(r.efficiency, 2),
+            _fmt(r.calls),
+            _fmt(r.wasted),
+            _fmt(r.peak_rss_mib, 1),
+            notes.replace("|", "/"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), default=None)
+    parser.add_argument("--impl", action="append", choices=IMPLS, default=None)
+    parser.add_argument("--quick", action="store_true", help="smaller N, a smoke run")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per row")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write rows")
+    parser.add_argument("--worker", nargs=2, metavar=("SCENARIO", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        scenario, impl = args.worker
+        return worker(scenario, impl, args.quick, args.out)
+
+    scenarios = args.scenario or list(SCENARIOS)
+    impls = args.impl or list(IMPLS)
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for name in scenarios:
+        for impl in impls:
+            skip = SCENARIOS[name].skip.get(impl)
+            if skip is not None:
+                row = Row(name, impl, "skipped", notes=[skip])
+            else:
+                row = run_pair(name, impl, args.quick, args.timeout)
+            rows.append(row)
+            shown = _fmt(row.wall) if row.status == "ok" else row.status
+            print(f"  {name:<16} {impl:<9} {shown}", file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - started
+
+    table = markdown_table(rows)
+    print(table)
+    print(
+        f"\n{MEM_LABEL}: max RSS of the worker process minus its RSS before the scenario;"
+        f" the memory row's notes use tracemalloc. Total {elapsed:.0f} s"
+        f"{' (quick)' if args.quick else ''}."
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "quick": args.quick,
+        "python": sys.version.split()[0],
+        "elapsed_seconds": elapsed,
+        "rows": [asdict(r) for r in rows],
+    }
+    args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

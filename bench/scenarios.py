@@ -1,0 +1,578 @@
+"""Benchmark scenarios. Each one runs a single implementation and returns a `Measurement`.
+
+Real-time scenarios call the executor's `.run()` and time it with `time.perf_counter()`.
+Virtual-time scenarios (`virtual=True`) build the executors inside a `VirtualEventLoop`
+and `await executor.execute(...)`; their wall is virtual seconds on the loop's clock.
+
+The ideal of a scenario is the physical limit set by its own parameters (see README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.impls import (
+    COMPLETED,
+    COMPLETED_WITH_RETRIES,
+    FAILED,
+    FloorAsync,
+    FloorSync,
+    load_module,
+    make_async,
+    make_sync,
+)
+from bench.provider import (
+    PLAN_HANG,
+    AsyncProvider,
+    Latency,
+    ProviderConfig,
+    ProviderReport,
+)
+from bench.vclock import run_virtual
+
+SEED = 20240611
+# Latency of the virtual-time scenarios: lognormal, median 1.7 s, clipped to [1, 3] s.
+LLM_LATENCY = Latency(median=1.7, sigma=0.3, low=1.0, high=3.0)
+
+
+@dataclass
+class Measurement:
+    """What one (scenario, implementation) run measured."""
+
+    wall: float
+    ideal: float | None = None
+    efficiency: float | None = None
+    calls: int | None = None
+    wasted: int | None = None
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    run: Callable[[str, bool], Measurement]
+    summary: str
+    virtual: bool = False
+    # Implementations that are not run, with the note to print instead.
+    skip: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def status_counts(statuses: Sequence[str]) -> str:
+    counts = Counter(statuses)
+    short = {
+        COMPLETED: "ok",
+        COMPLETED_WITH_RETRIES: "retried",
+        FAILED: "failed",
+        "DID NOT RUN": "not-run",
+    }
+    return " ".join(f"{short.get(k, k)}={v}" for k, v in sorted(counts.items()))
+
+
+def completed(statuses: Sequence[str]) -> int:
+    return sum(1 for s in statuses if s in (COMPLETED, COMPLETED_WITH_RETRIES))
+
+
+def misaligned(inputs: Sequence[Any], outputs: Sequence[Any], statuses: Sequence[str]) -> int:
+    """Completed inputs whose output is not their own (every fn here returns its input)."""
+    if len(outputs) != len(inputs) or len(statuses) != len(inputs):
+        return len(inputs)
+    return sum(
+        1
+        for x, out, s in zip(inputs, outputs, statuses, strict=True)
+        if s in (COMPLETED, COMPLETED_WITH_RETRIES) and out != x
+    )
+
+
+def result_notes(
+    inputs: Sequence[Any], outputs: Sequence[Any], statuses: Sequence[str]
+) -> list[str]:
+    notes = [status_counts(statuses)]
+    if len(outputs) != len(inputs) or len(statuses) != len(inputs):
+        notes.append(f"LENGTH MISMATCH outputs={len(outputs)} details={len(statuses)}")
+    bad = misaligned(inputs, outputs, statuses)
+    if bad:
+        notes.append(f"MISALIGNED outputs={bad}")
+    return notes
+
+
+def provider_notes(report: ProviderReport, concurrency: int | None) -> list[str]:
+    notes: list[str] = []
+    if concurrency is not None:
+        for tag, peak in sorted(report.peak_in_flight_by_tag.items()):
+            if peak > concurrency:
+                who = f" [{tag}]" if tag else ""
+                notes.append(f"VIOLATION in-flight{who} {peak} > concurrency {concurrency}")
+    notes.extend(f"VIOLATION {v}" for v in report.limit_violations)
+    if report.still_running:
+        notes.append(f"LEAKED {report.still_running} calls still running after return")
+    return notes
+
+
+def efficiency(ideal: float | None, wall: float, done: int | None = None, n: int = 0) -> float:
+    """ideal / wall, scaled by the fraction of inputs completed when `done` is given."""
+    if not ideal or wall <= 0:
+        return 0.0
+    value = ideal / wall
+    if done is not None and n:
+        value *= done / n
+    return value
+
+
+def best_of(fn: Callable[[], float], *, reps: int = 3, budget: float = 5.0) -> tuple[float, int]:
+    """Run `fn` (returning its own wall) up to `reps` times within `budget` s; return the best."""
+    best = fn()
+    runs = 1
+    spent = best
+    while runs < reps and spent + best < budget:
+        wall = fn()
+        best = min(best, wall)
+        spent += wall
+        runs += 1
+    return best, runs
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- real-time scenarios
+
+
+def latency(impl: str, quick: bool) -> Measurement:
+    n, lat, conc = (400 if quick else 2000), 0.05, 50
+    provider = AsyncProvider(ProviderConfig(latency=Latency.fixed(lat), seed=SEED))
+    inputs = list(range(n))
+    runner = make_async(impl, provider.client(""), concurrency=conc, exit_on_error=False)
+    (outputs, statuses), wall = timed(lambda: runner.run(inputs))
+    report = provider.report()
+    ideal = n * lat / conc
+    notes = [f"{n} x {lat * 1000:g} ms, c={conc}", *result_notes(inputs, outputs, statuses)]
+    notes += provider_notes(report, conc)
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+    )
+
+
+def _instant_async() -> tuple[Callable[[Any], Any], list[int]]:
+    counter = [0]
+
+    async def f(x: Any) -> Any:
+        counter[0] += 1
+        return x
+
+    return f, counter
+
+
+def overhead(impl: str, quick: bool) -> Measurement:
+    n, conc = (1000 if quick else 5000), 50
+    inputs = list(range(n))
+    last: dict[str, Any] = {}
+
+    def one(which: str) -> float:
+        f, counter = _instant_async()
+        runner = make_async(which, f, concurrency=conc, exit_on_error=False)
+        (outputs, statuses), wall = timed(lambda: runner.run(inputs))
+        last[which] = (outputs, statuses, counter[0])
+        return wall
+
+    wall, runs = best_of(lambda: one(impl))
+    floor_wall, _ = best_of(lambda: one("floor"))
+    outputs, statuses, calls = last[impl]
+    notes = [
+        f"{n / wall:,.0f} tasks/s (floor {n / floor_wall:,.0f}/s)",
+        f"best of {runs}",
+        *result_notes(inputs, outputs, statuses),
+    ]
+    return Measurement(
+        wall=wall,
+        ideal=floor_wall,
+        efficiency=efficiency(floor_wall, wall),
+        calls=calls,
+        wasted=0,
+        notes=notes,
+        extra={"throughput": n / wall, "floor_wall": floor_wall},
+    )
+
+
+def _tiny(n: int) -> Callable[[str, bool], Measurement]:
+    def scenario(impl: str, quick: bool) -> Measurement:
+        reps, budget = (5 if quick else 20), 12.0
+        inputs = list(range(n))
+        walls: list[float] = []
+        calls = 0
+        notes: list[str] = []
+        while len(walls) < reps and (len(walls) < 2 or sum(walls) < budget):
+            f, counter = _instant_async()
+            runner = make_async(impl, f, concurrency=3)
+            (outputs, statuses), wall = timed(lambda: runner.run(inputs))  # noqa: B023
+            walls.append(wall)
+            calls += counter[0]
+            notes = result_notes(inputs, outputs, statuses) if n else []
+        mean = sum(walls) / len(walls)
+        summary = (
+            f"{mean * 1000:.2f} ms/run (min {min(walls) * 1000:.2f}, "
+            f"max {max(walls) * 1000:.2f}) over {len(walls)} runs"
+        )
+        return Measurement(
+            wall=mean,
+            ideal=0.0,
+            efficiency=None,
+            calls=calls,
+            wasted=0,
+            notes=[summary, *notes],
+            extra={"ms_per_run": mean * 1000, "runs": len(walls)},
+        )
+
+    return scenario
+
+
+def transient(impl: str, quick: bool) -> Measurement:
+    n, lat, conc, retries = (300 if quick else 1000), 0.02, 20, 10
+    config = ProviderConfig(latency=Latency.fixed(lat), error_rate=0.15, seed=SEED)
+    provider = AsyncProvider(config)
+    inputs = list(range(n))
+    attempts = provider.ideal_attempts(inputs, retries + 1)
+    ideal = attempts * lat / conc
+    runner = make_async(
+        impl, provider.client(""), concurrency=conc, max_retries=retries, exit_on_error=False
+    )
+    (outputs, statuses), wall = timed(lambda: runner.run(inputs))
+    report = provider.report()
+    notes = [
+        f"plan: {attempts} attempts for {n} inputs",
+        *result_notes(inputs, outputs, statuses),
+        *provider_notes(report, conc),
+    ]
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+    )
+
+
+def hang(impl: str, quick: bool) -> Measurement:
+    n, lat, conc, limit = (200 if quick else 400), 0.05, 20, 1.0
+    config = ProviderConfig(latency=Latency.fixed(lat), hang_rate=0.03, seed=SEED)
+    provider = AsyncProvider(config)
+    inputs = list(range(n))
+    hangs = sum(1 for x in inputs if provider.plan.outcome(x, 1) == PLAN_HANG)
+    work = n * lat + hangs * (limit + lat)
+    # Work bound: every slot-second spent, divided by the slots. Path bound: a hanging
+    # input cannot finish before its timeout plus one clean attempt.
+    ideal = max(work / conc, (limit + lat) if hangs else lat)
+    runner = make_async(
+        impl, provider.client(""), concurrency=conc, timeout=limit, exit_on_error=False
+    )
+    (outputs, statuses), wall = timed(lambda: runner.run(inputs))
+    report = provider.report()
+    notes = [
+        f"{hangs} hangs, timeout {limit:g} s; ideal=max(work/c, timeout+latency)",
+        *result_notes(inputs, outputs, statuses),
+        *provider_notes(report, conc),
+    ]
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+    )
+
+
+def memory(impl: str, quick: bool) -> Measurement:
+    n, conc = (100_000 if quick else 1_000_000), 100
+    f, counter = _instant_async()
+    inputs = list(range(n))  # built before tracing starts: not part of the measurement
+    run: Callable[[Sequence[Any]], tuple[Any, Any]]
+    if impl == "floor":
+        run = FloorAsync(f, concurrency=conc, max_retries=10, timeout=None, exit_on_error=False).run
+    else:
+        module = load_module(impl)
+        run = module.AsyncExecutor(f, concurrency=conc, tqdm_bar_format=None).run
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        (outputs, details), wall = timed(lambda: run(inputs))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    outputs_size = sys.getsizeof(outputs)
+    bookkeeping = peak - base - outputs_size
+    per_input = bookkeeping / n
+    statuses = list(details) if impl == "floor" else [str(d.status.value) for d in details]
+    verdict = "OK" if per_input <= 150 else "OVER TARGET"
+    notes = [
+        f"bookkeeping {per_input:,.0f} B/input (target <= 150: {verdict})",
+        f"tracemalloc peak {peak / 2**20:,.1f} MiB - outputs list {outputs_size / 2**20:,.1f} MiB",
+        "wall measured under tracemalloc",
+        *result_notes(inputs, outputs, statuses),
+    ]
+    return Measurement(
+        wall=wall,
+        calls=counter[0],
+        wasted=0,
+        notes=notes,
+        extra={"bytes_per_input": per_input, "tracemalloc_peak": peak},
+    )
+
+
+def sync(impl: str, quick: bool) -> Measurement:
+    n = 20_000 if quick else 100_000
+    inputs = list(range(n))
+    last: dict[str, Any] = {}
+
+    def one(which: str) -> float:
+        counter = [0]
+
+        def f(x: Any) -> Any:
+            counter[0] += 1
+            return x
+
+        runner = FloorSync(f, max_retries=10, exit_on_error=True) if which == "floor" else None
+        run = runner.run if runner is not None else make_sync(which, f).run
+        (outputs, statuses), wall = timed(lambda: run(inputs))
+        last[which] = (outputs, statuses, counter[0])
+        return wall
+
+    wall, runs = best_of(lambda: one(impl))
+    floor_wall, _ = best_of(lambda: one("floor"))
+    outputs, statuses, calls = last[impl]
+    notes = [
+        f"{n / wall:,.0f} calls/s (bare loop {n / floor_wall:,.0f}/s)",
+        f"best of {runs}",
+        *result_notes(inputs, outputs, statuses),
+    ]
+    return Measurement(
+        wall=wall,
+        ideal=floor_wall,
+        efficiency=efficiency(floor_wall, wall),
+        calls=calls,
+        wasted=0,
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------- virtual-time scenarios
+
+
+async def _bounded(coro: Any, cap: float) -> tuple[Any, bool]:
+    """Await `coro` for at most `cap` virtual seconds; (result, hung)."""
+    try:
+        return await asyncio.wait_for(coro, cap), False
+    except TimeoutError:
+        return None, True
+
+
+def _virtual_single(
+    impl: str,
+    config: ProviderConfig,
+    n: int,
+    conc: int,
+    ideal: float,
+    *,
+    exit_on_error: bool = False,
+    scale_by_completion: bool = True,
+    cap: float | None = None,
+) -> tuple[Measurement, ProviderReport, list[str]]:
+    provider = AsyncProvider(config)
+    inputs = list(range(n))
+    cap = cap if cap is not None else max(1800.0, 10 * ideal)
+
+    async def main() -> tuple[Any, bool]:
+        runner = make_async(
+            impl, provider.client(""), concurrency=conc, exit_on_error=exit_on_error
+        )
+        return await _bounded(runner.execute(inputs), cap)
+
+    ((result, hung), virtual_wall), real = timed(lambda: run_virtual(main))
+    report = provider.report()
+    notes = [f"virtual time (real {real:.1f} s)"]
+    statuses: list[str] = []
+    if hung:
+        notes.append(f"HUNG: no return after {cap:g} virtual s (cancelled)")
+        done = 0
+    else:
+        outputs, statuses = result
+        notes += result_notes(inputs, outputs, statuses)
+        done = completed(statuses)
+    notes += provider_notes(report, conc)
+    eff = efficiency(ideal, virtual_wall, done if scale_by_completion else None, n)
+    if hung:
+        eff = 0.0
+    measurement = Measurement(
+        wall=virtual_wall,
+        ideal=ideal,
+        efficiency=eff,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra={"real_seconds": real, "hung": hung, "outcomes": report.outcomes},
+    )
+    return measurement, report, statuses
+
+
+def _waste_note(report: ProviderReport) -> str:
+    share = 100.0 * report.wasted / report.calls if report.calls else 0.0
+    return f"wasted {share:.1f}% of calls ({report.summary()})"
+
+
+def rpm500(impl: str, quick: bool) -> Measurement:
+    n, conc, rpm = (400 if quick else 2000), 20, 500.0
+    config = ProviderConfig(
+        latency=LLM_LATENCY, requests_per_minute=rpm, bucket_capacity=10, seed=SEED
+    )
+    ideal = n / (rpm / 60.0)
+    m, report, _ = _virtual_single(impl, config, n, conc, ideal)
+    m.notes.insert(1, _waste_note(report))
+    m.notes.append(f"peak accepted/min {report.max_accepted_per_minute}")
+    return m
+
+
+def _inflight(impl: str, quick: bool, hints: bool) -> Measurement:
+    n, conc, limit = (200 if quick else 1000), 40, 8
+    config = ProviderConfig(
+        latency=LLM_LATENCY,
+        max_in_flight=limit,
+        retry_after=1.0 if hints else None,
+        seed=SEED,
+    )
+    plan_provider = AsyncProvider(config)
+    latencies = [plan_provider.plan.latency(x) for x in range(n)]
+    ideal = max(sum(latencies) / limit, max(latencies))
+    m, report, _ = _virtual_single(impl, config, n, conc, ideal)
+    m.notes.insert(1, _waste_note(report))
+    m.notes.append(f"mean latency {sum(latencies) / n:.3f} s")
+    if hints:
+        m.notes.append(f"dispatched during hinted cooldown: {report.dispatched_during_hint}")
+        m.extra["dispatched_during_hint"] = report.dispatched_during_hint
+    return m
+
+
+def quota(impl: str, quick: bool) -> Measurement:
+    n, conc = (100 if quick else 500), 10
+    config = ProviderConfig(quota_exhausted=True, quota_latency=0.5, seed=SEED)
+    # One call is enough to learn that the quota is gone.
+    m, _, _ = _virtual_single(
+        impl, config, n, conc, 0.5, exit_on_error=True, scale_by_completion=False
+    )
+    m.notes.insert(1, f"returned after {m.wall:.1f} virtual s (exit_on_error=True)")
+    return m
+
+
+def shared4(impl: str, quick: bool) -> Measurement:
+    k, n, conc, rpm = 4, (100 if quick else 500), 20, 500.0
+    config = ProviderConfig(
+        latency=LLM_LATENCY, requests_per_minute=rpm, bucket_capacity=10, seed=SEED
+    )
+    provider = AsyncProvider(config)
+    ideal = k * n / (rpm / 60.0)
+    cap = max(1800.0, 10 * ideal)
+    batches = [list(range(i * n, (i + 1) * n)) for i in range(k)]
+    finish: list[float] = [0.0] * k
+
+    async def one(i: int) -> Any:
+        runner = make_async(impl, provider.client(f"e{i}"), concurrency=conc, exit_on_error=False)
+        result = await runner.execute(batches[i])
+        finish[i] = asyncio.get_running_loop().time()
+        return result
+
+    async def main() -> tuple[Any, bool]:
+        return await _bounded(asyncio.gather(*(one(i) for i in range(k))), cap)
+
+    ((result, hung), virtual_wall), real = timed(lambda: run_virtual(main))
+    report = provider.report()
+    notes = [f"virtual time (real {real:.1f} s)", _waste_note(report)]
+    done_total = 0
+    jain = 0.0
+    if hung:
+        notes.append(f"HUNG: no return after {cap:g} virtual s (cancelled)")
+    else:
+        throughputs: list[float] = []
+        per_exec: list[str] = []
+        for i, (outputs, statuses) in enumerate(result):
+            done = completed(statuses)
+            done_total += done
+            throughputs.append(done / finish[i] if finish[i] > 0 else 0.0)
+            per_exec.append(f"e{i}: {done} done by {finish[i]:.0f} s")
+            bad = misaligned(batches[i], outputs, statuses)
+            if bad:
+                notes.append(f"MISALIGNED [e{i}] {bad}")
+        squares = sum(x * x for x in throughputs)
+        jain = sum(throughputs) ** 2 / (k * squares) if squares else 0.0
+        notes.append(f"Jain fairness {jain:.3f}")
+        notes.append("; ".join(per_exec))
+    notes += provider_notes(report, conc)
+    eff = 0.0 if hung else efficiency(ideal, virtual_wall, done_total, k * n)
+    return Measurement(
+        wall=virtual_wall,
+        ideal=ideal,
+        efficiency=eff,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra={"jain": jain, "real_seconds": real, "hung": hung, "finish": finish},
+    )
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario("latency", latency, "2000 x 50 ms calls, concurrency 50"),
+        Scenario("overhead", overhead, "5000 instant calls, concurrency 50; vs floor"),
+        Scenario("tiny0", _tiny(0), "0 inputs: fixed cost of one run()"),
+        Scenario("tiny1", _tiny(1), "1 instant input: fixed cost of one run()"),
+        Scenario("transient", transient, "1000 x 20 ms, 15% transient errors, c=20"),
+        Scenario("hang", hang, "400 x 50 ms, 3% hang on attempt 1, timeout 1 s, c=20"),
+        Scenario(
+            "memory",
+            memory,
+            "1,000,000 instant inputs, c=100; tracemalloc bookkeeping per input",
+            skip={"phoenix": "skipped: Phoenix would take far too long at 1M inputs"},
+        ),
+        Scenario("sync", sync, "SyncExecutor, 100,000 instant calls; vs bare for loop"),
+        Scenario("rpm500", rpm500, "500 req/min provider, 2000 x ~1.7 s, c=20", virtual=True),
+        Scenario(
+            "inflight8",
+            lambda impl, quick: _inflight(impl, quick, hints=False),
+            "provider allows 8 in flight, 1000 x ~1.7 s, c=40",
+            virtual=True,
+        ),
+        Scenario(
+            "inflight8-hints",
+            lambda impl, quick: _inflight(impl, quick, hints=True),
+            "as inflight8, 429s carry retry-after: 1",
+            virtual=True,
+        ),
+        Scenario("quota", quota, "every call: insufficient_quota 429 after 0.5 s", virtual=True),
+        Scenario(
+            "shared4",
+            shared4,
+            "4 executors x 500 inputs share one 500 req/min provider",
+            virtual=True,
+        ),
+    ]
+}
