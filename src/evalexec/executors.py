@@ -1,0 +1,1001 @@
+"""Executors that run a generation function over many inputs: the drop-in replacement
+for ``phoenix.evals.executors``.
+
+``AsyncExecutor`` runs a coroutine function with bounded, adaptive concurrency;
+``SyncExecutor`` runs a plain function in a loop; ``get_executor_on_sync_context``
+picks one for the calling context. Both return ``(outputs, details)``: two lists as
+long as the inputs, ``outputs[i]`` belonging to ``inputs[i]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from enum import Enum
+from typing import Any, Protocol
+
+from evalexec._clock import now as _now
+from evalexec._controller import ConcurrencyController
+from evalexec._progress import Progress
+from evalexec._retry import Backoff, Verdict, decide
+from evalexec._signals import termination_handler
+from evalexec.exceptions import ErrorKind
+
+__all__ = [
+    "AsyncExecutor",
+    "ConcurrencyController",
+    "ExecutionDetails",
+    "ExecutionStatus",
+    "Executor",
+    "SyncExecutor",
+    "Unset",
+    "get_executor_on_sync_context",
+]
+
+logger = logging.getLogger("evalexec")
+
+_DEFAULT_TIMEOUT_SECONDS = 60
+_DEFAULT_BACKOFF = Backoff()
+
+
+class Unset:
+    """Type of `_unset`, the default fallback output of inputs that did not complete."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_unset = Unset()
+
+
+class ExecutionStatus(Enum):
+    DID_NOT_RUN = "DID NOT RUN"
+    COMPLETED = "COMPLETED"
+    COMPLETED_WITH_RETRIES = "COMPLETED WITH RETRIES"
+    FAILED = "FAILED"
+
+
+class ExecutionDetails:
+    """What happened to one input: its status, the exceptions of failed attempts, and
+    the seconds spent in attempts (cumulative)."""
+
+    __slots__ = ("_exceptions", "execution_seconds", "status")
+
+    def __init__(self) -> None:
+        self._exceptions: list[BaseException] | None = None
+        self.status = ExecutionStatus.DID_NOT_RUN
+        self.execution_seconds: float = 0.0
+
+    @property
+    def exceptions(self) -> list[BaseException]:
+        """The exceptions of failed attempts (timeouts as `TimeoutError`), in order."""
+        if self._exceptions is None:
+            self._exceptions = []
+        return self._exceptions
+
+    @exceptions.setter
+    def exceptions(self, value: list[BaseException]) -> None:
+        self._exceptions = value
+
+    def fail(self) -> None:
+        self.status = ExecutionStatus.FAILED
+
+    def complete(self) -> None:
+        self.status = (
+            ExecutionStatus.COMPLETED_WITH_RETRIES
+            if self._exceptions
+            else ExecutionStatus.COMPLETED
+        )
+
+    def log_exception(self, exc: BaseException) -> None:
+        self.exceptions.append(exc)
+
+    def log_runtime(self, start_time: float) -> None:
+        """Add the seconds since `start_time` (on evalexec's monotonic clock)."""
+        self.execution_seconds += _now() - start_time
+
+    def __repr__(self) -> str:
+        return (
+            f"ExecutionDetails(status={self.status.value!r}, "
+            f"exceptions={self._exceptions or []!r}, "
+            f"execution_seconds={self.execution_seconds!r})"
+        )
+
+
+class Executor(Protocol):
+    def run(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]: ...
+
+
+# --------------------------------------------------------------------------------------
+# Argument checks shared by both executors
+
+
+def _check_callable(generation_fn: object) -> None:
+    if not callable(generation_fn):
+        raise TypeError(f"generation_fn must be callable, got {type(generation_fn).__name__}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_seconds(name: str, value: object, *, allow_inf: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if math.isnan(value) or value <= 0 or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be > 0 seconds, got {value}")
+    return float(value)
+
+
+def _sized_len(inputs: object) -> int:
+    """The number of inputs, or a TypeError that says what inputs must be."""
+    if inputs is None or isinstance(inputs, str | bytes | bytearray):
+        what = "None" if inputs is None else f"a {type(inputs).__name__}"
+        raise TypeError(
+            f"inputs must be a sequence of inputs (a list, a tuple, or any sized iterable), "
+            f"got {what}; to run a single input, wrap it in a list: [input]"
+        )
+    if not isinstance(inputs, Iterable):
+        raise TypeError(
+            f"inputs must be a sequence or sized iterable, got {type(inputs).__name__}, "
+            "which is not iterable"
+        )
+    try:
+        return len(inputs)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"inputs must have a length (a list, a tuple, or any sized iterable), got "
+            f"{type(inputs).__name__}; for a generator, use the executor's stream() method "
+            "or pass list(inputs)"
+        ) from None
+
+
+def _summary(details: Iterable[ExecutionDetails], retries: int, seconds: float) -> str:
+    order = (
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.COMPLETED_WITH_RETRIES,
+        ExecutionStatus.FAILED,
+        ExecutionStatus.DID_NOT_RUN,
+    )
+    counts = dict.fromkeys(order, 0)
+    for detail in details:
+        counts[detail.status] += 1
+    parts = ", ".join(f"{counts[status]} {status.value.lower()}" for status in order)
+    return f"evalexec: {parts}; {retries} retries; {seconds:.1f} s"
+
+
+# --------------------------------------------------------------------------------------
+# AsyncExecutor
+
+
+class _Work:
+    """One input in play: its index, its value, and its attempt counts so far."""
+
+    __slots__ = ("details", "errors", "index", "input", "timeouts")
+
+    def __init__(self, index: int, input: Any, details: ExecutionDetails) -> None:
+        self.index = index
+        self.input = input
+        self.details = details
+        self.errors = 0
+        self.timeouts = 0
+
+
+_Entry = tuple[int, int, _Work]  # (priority, index, work): retries sort before fresh inputs
+_OnFinal = Callable[[int, Any, ExecutionDetails], None]
+
+
+class _Run:
+    """The state of one execution. `AsyncExecutor._drive` owns its life."""
+
+    def __init__(
+        self,
+        executor: AsyncExecutor,
+        total: int | None,
+        details: list[ExecutionDetails] | None,
+        on_final: _OnFinal,
+        window: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.executor = executor
+        self.total = total
+        self.details = details
+        self.on_final = on_final
+        self.started_at = loop.time()
+        self.queue: asyncio.PriorityQueue[_Entry] = asyncio.PriorityQueue()
+        self.room = asyncio.Semaphore(window)
+        self.stopped = asyncio.Event()
+        self.ending = False
+        self.stop_reason: str | None = None
+        self.error: BaseException | None = None
+        self.producing = True
+        self.produced = 0
+        self.finished = 0
+        self.inflight = 0
+        self.retries = 0
+        self.rate_limits = 0
+        self.failures = 0
+        self.paused_until = -math.inf
+        self.delayed: dict[int, asyncio.TimerHandle] = {}
+        controller = executor._concurrency_controller
+        self.controller = controller
+        self.observe_inflight: Callable[[int], None] | None = getattr(
+            controller, "observe_inflight", None
+        )
+        # Our own controller changes its target only when told of an event, and we
+        # look after every event; any other object may change from outside, so
+        # gated workers look again every `inactive_check_interval` seconds.
+        self.target_poll: float | None = None
+        if controller is not None and not isinstance(controller, ConcurrencyController):
+            self.target_poll = float(getattr(controller, "inactive_check_interval", 1.0))
+        self.last_target = self.target()
+        self.target_raised = asyncio.Event()
+        self.room_freed = asyncio.Event()
+        self.room_waiters = 0
+        self.progress = Progress(total, executor.tqdm_bar_format, self.status_text, loop.time)
+
+    # -- gating -------------------------------------------------------------------------
+    def target(self) -> int:
+        controller = self.controller
+        if controller is None:
+            return self.executor.concurrency
+        return max(1, int(controller.target_concurrency))
+
+    def may_dispatch(self, worker_index: int) -> bool:
+        target = self.target()
+        return (
+            worker_index < target
+            and self.inflight < target
+            and self.loop.time() >= self.paused_until
+        )
+
+    def look_at_target(self) -> None:
+        """Wake gated workers if the target rose."""
+        target = self.target()
+        if target > self.last_target:
+            self.target_raised.set()
+            self.target_raised = asyncio.Event()
+        self.last_target = target
+
+    def attempt_ended(self) -> None:
+        self.inflight -= 1
+        if self.room_waiters:
+            self.room_freed.set()
+            self.room_freed = asyncio.Event()
+
+    async def wait_for_turn(self, worker_index: int) -> None:
+        """Wait until this worker may start a call: no cooldown running, the worker
+        within the target, and fewer calls in flight than the target (after a cut, the
+        calls started before it must end first)."""
+        while True:
+            wait = self.paused_until - self.loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            target = self.target()
+            if worker_index >= target:
+                await self._wait_for_raise(worker_index == target)
+            elif self.inflight >= target:
+                self.room_waiters += 1
+                try:
+                    await self.room_freed.wait()
+                finally:
+                    self.room_waiters -= 1
+            else:
+                return
+
+    async def _wait_for_raise(self, poll: bool) -> None:
+        raised = self.target_raised
+        if poll and self.target_poll is not None:
+            try:
+                async with asyncio.timeout(self.target_poll):
+                    await raised.wait()
+            except TimeoutError:
+                self.look_at_target()
+        else:
+            await raised.wait()
+
+    def pause_for(self, seconds: float) -> None:
+        """Start no call for `seconds` (a provider's retry hint); calls in flight go on."""
+        self.paused_until = max(self.paused_until, self.loop.time() + seconds)
+        self.progress.refresh(force=True)
+
+    # -- feedback -----------------------------------------------------------------------
+    def record_success(self, latency: float) -> None:
+        if self.controller is not None:
+            self.controller.record_success(latency)
+            self.look_at_target()
+
+    def record_timeout(self) -> None:
+        if self.controller is not None:
+            self.controller.record_timeout()
+            self.look_at_target()
+
+    def record_error(self) -> None:
+        if self.controller is not None:
+            self.controller.record_error()
+            self.look_at_target()
+
+    # -- the life of an input -----------------------------------------------------------
+    def admit(self, index: int, item: Any) -> None:
+        details = ExecutionDetails() if self.details is None else self.details[index]
+        work = _Work(index, item, details)
+        self.produced += 1
+        self.queue.put_nowait((0, index, work))
+
+    def requeue(self, work: _Work, delay: float) -> None:
+        if delay > 0:
+            self.delayed[work.index] = self.loop.call_later(delay, self._requeue_now, work)
+        else:
+            self.queue.put_nowait((-work.errors, work.index, work))
+
+    def _requeue_now(self, work: _Work) -> None:
+        del self.delayed[work.index]
+        self.queue.put_nowait((-work.errors, work.index, work))
+
+    def finish(self, work: _Work, output: Any) -> None:
+        """`work` reached its final status (COMPLETED, COMPLETED_WITH_RETRIES or FAILED)."""
+        self.finished += 1
+        self.room.release()
+        self.on_final(work.index, output, work.details)
+        self.progress.advance()
+        self.end_if_done()
+
+    def end_if_done(self) -> None:
+        if not self.producing and self.finished == self.produced:
+            self.end("completed")
+
+    def end(self, reason: str) -> None:
+        """Start nothing new; `_drive` cancels what is in flight and returns."""
+        if not self.ending:
+            self.ending = True
+            self.stop_reason = reason
+            self.stopped.set()
+
+    def crash(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.end("error")
+
+    def interrupt(self) -> None:
+        if not self.ending:
+            self.progress.write(
+                "evalexec: interrupted; returning the outputs finished so far "
+                "(the rest are DID NOT RUN). Press Ctrl-C again to abort at once."
+            )
+        self.end("interrupted")
+
+    def status_text(self) -> str:
+        parts = [f"target={self.target()}", f"inflight={self.inflight}"]
+        if self.retries:
+            parts.append(f"retries={self.retries}")
+        if self.rate_limits:
+            parts.append(f"rate_limited={self.rate_limits}")
+        if self.failures:
+            parts.append(f"failed={self.failures}")
+        cooldown = self.paused_until - self.loop.time()
+        if cooldown >= 0.5:
+            parts.append(f"cooldown={cooldown:.0f}s")
+        return " ".join(parts)
+
+
+class AsyncExecutor:
+    """Run a coroutine function over many inputs, concurrently, with retries.
+
+    Args:
+        generation_fn: called with one input; must return an awaitable.
+        concurrency: the number of workers, i.e. the most calls in flight at once.
+        tqdm_bar_format: a `tqdm` bar format; no bar is shown when None.
+        max_retries: how often an input is retried after an error (and, separately,
+            after a timeout) before it is FAILED.
+        exit_on_error: stop the whole run at the first FAILED input.
+        fallback_return_value: the output of inputs that did not complete.
+        termination_signal: the signal that stops the run gracefully (main thread only;
+            None installs no handler).
+        timeout: seconds per attempt; None means 60, `math.inf` means no limit.
+        enable_dynamic_concurrency: adapt the number of active workers (AIMD) to rate
+            limits; the remaining ``dynamic_*`` arguments configure the controller.
+        backoff: delays before retrying rate-limit and transient errors (None: retry at
+            once, still honouring the provider's retry hints).
+        deadline: seconds after which the run stops as if interrupted.
+    """
+
+    def __init__(
+        self,
+        generation_fn: Callable[[Any], Awaitable[Any]],
+        concurrency: int = 3,
+        tqdm_bar_format: str | None = None,
+        max_retries: int = 10,
+        exit_on_error: bool = True,
+        fallback_return_value: Unset | Any = _unset,
+        termination_signal: signal.Signals | None = signal.SIGINT,
+        timeout: float | None = None,
+        *,
+        enable_dynamic_concurrency: bool = True,
+        dynamic_initial_target: int | None = None,
+        dynamic_window_seconds: float = 5.0,
+        dynamic_increase_step: int = 1,
+        dynamic_decrease_ratio: float = 0.5,
+        dynamic_inactive_check_interval: float = 1.0,
+        backoff: Backoff | None = _DEFAULT_BACKOFF,
+        deadline: float | None = None,
+    ) -> None:
+        _check_callable(generation_fn)
+        self.generate = generation_fn
+        self.concurrency = _check_int("concurrency", concurrency, 1)
+        self.tqdm_bar_format = tqdm_bar_format
+        self.max_retries = _check_int("max_retries", max_retries, 0)
+        self.exit_on_error = exit_on_error
+        self.fallback_return_value = fallback_return_value
+        self.termination_signal = termination_signal
+        if timeout is None:
+            self.timeout: float = _DEFAULT_TIMEOUT_SECONDS
+        else:
+            self.timeout = _check_seconds("timeout", timeout, allow_inf=True)
+        self.backoff = backoff
+        self.deadline = (
+            None if deadline is None else _check_seconds("deadline", deadline, allow_inf=False)
+        )
+        self._concurrency_controller: Any = None
+        if enable_dynamic_concurrency:
+            initial = self.concurrency
+            if dynamic_initial_target is not None:
+                initial = _check_int("dynamic_initial_target", dynamic_initial_target, 1)
+            self._concurrency_controller = ConcurrencyController(
+                max_concurrency=self.concurrency,
+                initial_target=initial,
+                window_seconds=dynamic_window_seconds,
+                increase_step=dynamic_increase_step,
+                decrease_ratio=dynamic_decrease_ratio,
+                inactive_check_interval=dynamic_inactive_check_interval,
+                collapse_error_threshold=0,
+                episode_seconds=dynamic_window_seconds,
+                saturation=0.8,
+                slow_start=True,
+                timeouts_cut=False,
+            )
+
+    # -- public API ---------------------------------------------------------------------
+    def run(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]:
+        """Run every input to a final status and return ``(outputs, details)``."""
+        _sized_len(inputs)
+        _refuse_nested_loop(f"{type(self).__name__}.run()", "await executor.execute(inputs)")
+        return asyncio.run(self.execute(inputs))
+
+    async def execute(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]:
+        """Like `run`, from a coroutine: ``outputs, details = await executor.execute(inputs)``."""
+        total = _sized_len(inputs)
+        outputs = [self.fallback_return_value] * total
+        details = [ExecutionDetails() for _ in range(total)]
+
+        def keep(index: int, output: Any, _details: ExecutionDetails) -> None:
+            outputs[index] = output
+
+        await self._drive(inputs, total, details, keep)
+        return outputs, details
+
+    async def stream(
+        self, inputs: Iterable[Any]
+    ) -> AsyncIterator[tuple[int, Any, ExecutionDetails]]:
+        """Yield ``(index, output, details)`` for each input as soon as it is final.
+
+        Inputs may be of unknown length (a generator); only a bounded window of them is
+        held at once. Inputs that never ran are not yielded. Leaving the loop early
+        stops the run; ``await`` the iterator's ``aclose()`` (or use
+        ``contextlib.aclosing``) to wait for the in-flight calls to be cancelled.
+        """
+        if (
+            inputs is None
+            or isinstance(inputs, str | bytes | bytearray)
+            or not isinstance(inputs, Iterable)
+        ):
+            _sized_len(inputs)  # raises the same clear error as execute()
+        total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
+        results: asyncio.Queue[tuple[int, Any, ExecutionDetails] | None] = asyncio.Queue()
+
+        def emit(index: int, output: Any, details: ExecutionDetails) -> None:
+            results.put_nowait((index, output, details))
+
+        async def drive() -> None:
+            try:
+                await self._drive(inputs, total, None, emit)
+            finally:
+                results.put_nowait(None)
+
+        driver = asyncio.get_running_loop().create_task(drive())
+        try:
+            while (result := await results.get()) is not None:
+                yield result
+            await driver  # re-raise what ended the run, if it was an error
+        finally:
+            if not driver.done():
+                driver.cancel()
+                await asyncio.gather(driver, return_exceptions=True)
+
+    # -- roles ----------------------------------------------------------------------------
+    async def producer(self, run: _Run, inputs: Iterable[Any]) -> None:
+        """Draw inputs lazily and queue them, keeping at most a window of them in play."""
+        try:
+            iterator = iter(inputs)
+            index = 0
+            while True:
+                await run.room.acquire()
+                if run.ending:
+                    return
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    break
+                if run.total is not None and index >= run.total:
+                    logger.warning(
+                        "inputs yielded more items than len() reported (%d); the extra "
+                        "items were not run",
+                        run.total,
+                    )
+                    break
+                run.admit(index, item)
+                index += 1
+            if run.total is not None and index < run.total:
+                logger.warning(
+                    "inputs yielded %d items but len() reported %d; the missing ones are "
+                    "DID NOT RUN",
+                    index,
+                    run.total,
+                )
+        except Exception as exc:
+            run.crash(exc)
+        finally:
+            run.producing = False
+            run.end_if_done()
+
+    async def consumer(self, run: _Run, worker_index: int) -> None:
+        """Take queued inputs while this worker is within the target, and attempt them."""
+        queue = run.queue
+        try:
+            while not run.ending:
+                if not run.may_dispatch(worker_index):
+                    await run.wait_for_turn(worker_index)
+                    continue
+                entry = await queue.get()
+                if run.ending:
+                    return
+                if not run.may_dispatch(worker_index):
+                    queue.put_nowait(entry)
+                    continue
+                await self._attempt(run, entry[2])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            run.crash(exc)
+
+    # -- one attempt, and what happens next -------------------------------------------------
+    async def _attempt(self, run: _Run, work: _Work) -> None:
+        loop = run.loop
+        details = work.details
+        run.inflight += 1
+        if run.observe_inflight is not None:
+            run.observe_inflight(run.inflight)
+        start = loop.time()
+        scope = asyncio.timeout(None if math.isinf(self.timeout) else self.timeout)
+        try:
+            async with scope:
+                awaitable = self.generate(work.input)
+                if not inspect.isawaitable(awaitable):
+                    run.crash(_not_awaitable(self.generate, awaitable))
+                    return
+                output = await awaitable
+        except TimeoutError as exc:
+            if scope.expired():
+                self._timed_out(run, work)
+            else:
+                self._errored(run, work, exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            self._errored(run, work, exc)  # raised by the function itself, not by us
+        except Exception as exc:
+            self._errored(run, work, exc)
+        else:
+            details.complete()
+            run.record_success(loop.time() - start)
+            run.finish(work, output)
+        finally:
+            run.attempt_ended()
+            details.execution_seconds += loop.time() - start
+
+    def _timed_out(self, run: _Run, work: _Work) -> None:
+        work.details.log_exception(TimeoutError(f"attempt timed out after {self.timeout} s"))
+        work.timeouts += 1
+        run.record_timeout()
+        if work.timeouts > self.max_retries:
+            self._fail(run, work, f"timed out {work.timeouts} times")
+            return
+        run.retries += 1
+        logger.info("input %d timed out (attempt %d); retrying", work.index, _attempts(work))
+        run.requeue(work, 0.0)
+
+    def _errored(self, run: _Run, work: _Work, exc: BaseException) -> None:
+        work.details.log_exception(exc)
+        verdict = decide(exc, work.errors, self.max_retries, self.backoff)
+        if verdict.report.kind is ErrorKind.RATE_LIMIT:
+            run.rate_limits += 1
+            run.record_error()
+            if verdict.cooldown:
+                run.pause_for(verdict.cooldown)
+        if not verdict.retry:
+            self._fail(run, work, repr(exc), verdict)
+            return
+        work.errors += 1
+        run.retries += 1
+        logger.info(
+            "input %d raised %r (attempt %d); retrying in %.2f s",
+            work.index,
+            exc,
+            _attempts(work) - 1,
+            verdict.delay,
+        )
+        run.requeue(work, verdict.delay)
+
+    def _fail(self, run: _Run, work: _Work, cause: str, verdict: Verdict | None = None) -> None:
+        work.details.fail()
+        run.failures += 1
+        logger.warning("input %d FAILED after %d attempts: %s", work.index, _attempts(work), cause)
+        run.finish(work, self.fallback_return_value)
+        if verdict is not None and verdict.stop_run:
+            run.progress.write(
+                f"evalexec: stopping the run: the provider says the quota is exhausted "
+                f"({cause}); retrying cannot help. Finished outputs are kept."
+            )
+            run.end("quota exhausted")
+        elif self.exit_on_error:
+            run.end("failed")
+
+    # -- the run ---------------------------------------------------------------------------
+    async def _drive(
+        self,
+        inputs: Iterable[Any],
+        total: int | None,
+        details: list[ExecutionDetails] | None,
+        on_final: _OnFinal,
+    ) -> None:
+        run = _Run(self, total, details, on_final, window=4 * self.concurrency)
+        loop = run.loop
+
+        def on_signal() -> None:
+            loop.call_soon_threadsafe(run.interrupt)
+
+        deadline = None
+        if self.deadline is not None:
+            deadline = loop.call_later(self.deadline, run.end, "deadline")
+        try:
+            with termination_handler(self.termination_signal, on_signal):
+                tasks = [loop.create_task(self.producer(run, inputs))]
+                tasks += [
+                    loop.create_task(self.consumer(run, index)) for index in range(self.concurrency)
+                ]
+                try:
+                    await run.stopped.wait()
+                finally:
+                    run.end("cancelled")
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            for handle in run.delayed.values():
+                handle.cancel()
+            summary = None
+            if details is not None:
+                summary = _summary(details, run.retries, loop.time() - run.started_at)
+            run.progress.close(summary)
+        if run.stop_reason == "deadline":
+            logger.warning(
+                "evalexec: the deadline of %s s passed; the run was stopped", self.deadline
+            )
+        if run.error is not None:
+            raise run.error
+
+
+def _attempts(work: _Work) -> int:
+    return work.errors + work.timeouts + 1
+
+
+def _not_awaitable(fn: Callable[..., Any], result: object) -> TypeError:
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return TypeError(
+        f"AsyncExecutor needs a function that returns an awaitable, but {name} returned "
+        f"{type(result).__name__}; pass an `async def` function, or use SyncExecutor for a "
+        "plain function"
+    )
+
+
+def _refuse_nested_loop(what: str, instead: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if not getattr(asyncio, "_nest_patched", False):
+        raise RuntimeError(
+            f"{what} cannot be called from inside a running event loop; use "
+            f"`{instead}` there, or apply nest_asyncio first "
+            "(`import nest_asyncio; nest_asyncio.apply()`)"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# SyncExecutor
+
+
+class _Interrupted(BaseException):
+    """Raised inside an in-flight call by the first termination signal of a sync run."""
+
+
+class SyncExecutor:
+    """Run a plain function over many inputs, one after another, with retries.
+
+    Rate-limit and transient errors are retried after a backoff sleep that honours the
+    provider's retry hints; a `PhoenixException` (that is not a rate limit) fails at once.
+    The first termination signal interrupts the call in flight and returns what has
+    finished; the second raises `KeyboardInterrupt`.
+    """
+
+    def __init__(
+        self,
+        generation_fn: Callable[[Any], Any],
+        tqdm_bar_format: str | None = None,
+        max_retries: int = 10,
+        exit_on_error: bool = True,
+        fallback_return_value: Unset | Any = _unset,
+        termination_signal: signal.Signals | None = signal.SIGINT,
+        *,
+        backoff: Backoff | None = _DEFAULT_BACKOFF,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        _check_callable(generation_fn)
+        self.generate = generation_fn
+        self.tqdm_bar_format = tqdm_bar_format
+        self.max_retries = _check_int("max_retries", max_retries, 0)
+        self.exit_on_error = exit_on_error
+        self.fallback_return_value = fallback_return_value
+        self.termination_signal = termination_signal
+        self.backoff = backoff
+        self.deadline = (
+            None if deadline is None else _check_seconds("deadline", deadline, allow_inf=False)
+        )
+        self._clock = clock
+        self._sleep = sleep
+        self._stop_reason: str | None = None
+        self._in_call = False
+
+    def run(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]:
+        """Run every input to a final status and return ``(outputs, details)``."""
+        total = _sized_len(inputs)
+        outputs = [self.fallback_return_value] * total
+        details = [ExecutionDetails() for _ in range(total)]
+
+        def keep(index: int, output: Any, _details: ExecutionDetails) -> None:
+            outputs[index] = output
+
+        self._drive(inputs, total, details, keep)
+        return outputs, details
+
+    def stream(self, inputs: Iterable[Any]) -> Iterator[tuple[int, Any, ExecutionDetails]]:
+        """Yield ``(index, output, details)`` for each input as soon as it is final."""
+        if (
+            inputs is None
+            or isinstance(inputs, str | bytes | bytearray)
+            or not isinstance(inputs, Iterable)
+        ):
+            _sized_len(inputs)
+        total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
+        results: list[tuple[int, Any, ExecutionDetails]] = []
+
+        def emit(index: int, output: Any, details: ExecutionDetails) -> None:
+            results.append((index, output, details))
+
+        for _ in self._steps(inputs, total, None, emit):
+            yield from results
+            results.clear()
+
+    def _drive(
+        self,
+        inputs: Iterable[Any],
+        total: int | None,
+        details: list[ExecutionDetails] | None,
+        on_final: _OnFinal,
+    ) -> None:
+        for _ in self._steps(inputs, total, details, on_final):
+            pass
+
+    def _steps(
+        self,
+        inputs: Iterable[Any],
+        total: int | None,
+        details: list[ExecutionDetails] | None,
+        on_final: _OnFinal,
+    ) -> Iterator[None]:
+        """Run the inputs one by one, yielding after each one reached a final status."""
+        self._stop_reason = None
+        self._in_call = False
+        started = self._clock()
+        stop_at = math.inf if self.deadline is None else started + self.deadline
+        retries = 0
+        counted: list[ExecutionDetails] = []
+        progress = Progress(total, self.tqdm_bar_format, lambda: f"retries={retries}", self._clock)
+        try:
+            with termination_handler(self.termination_signal, self._on_signal):
+                for index, item in enumerate(inputs):
+                    if total is not None and index >= total:
+                        logger.warning(
+                            "inputs yielded more items than len() reported (%d); the extra "
+                            "items were not run",
+                            total,
+                        )
+                        break
+                    if self._stop_reason is not None:
+                        break
+                    record = ExecutionDetails() if details is None else details[index]
+                    counted.append(record)
+                    finished, output, tries = self._run_one(item, record, stop_at)
+                    retries += tries
+                    if not finished:
+                        break
+                    on_final(index, output, record)
+                    progress.advance()
+                    yield
+                    if record.status is ExecutionStatus.FAILED and (
+                        self.exit_on_error or self._stop_reason is not None
+                    ):
+                        break
+        finally:
+            self._in_call = False
+            if self._stop_reason == "interrupted":
+                progress.write(
+                    "evalexec: interrupted; returning the outputs finished so far "
+                    "(the rest are DID NOT RUN)."
+                )
+            elif self._stop_reason == "deadline":
+                logger.warning(
+                    "evalexec: the deadline of %s s passed; the run was stopped", self.deadline
+                )
+            progress.close(
+                _summary(
+                    details if details is not None else counted, retries, self._clock() - started
+                )
+            )
+
+    def _run_one(
+        self, item: Any, details: ExecutionDetails, stop_at: float
+    ) -> tuple[bool, Any, int]:
+        """Attempt one input until it is final; returns (finished, output, retries)."""
+        errors = 0
+        while True:
+            if self._clock() >= stop_at:
+                self._stop_reason = "deadline"
+            if self._stop_reason is not None:
+                return False, None, errors
+            start = self._clock()
+            try:
+                self._in_call = True
+                try:
+                    output = self.generate(item)
+                finally:
+                    self._in_call = False
+            except _Interrupted:
+                details.execution_seconds += self._clock() - start
+                return False, None, errors
+            except Exception as exc:
+                details.execution_seconds += self._clock() - start
+                details.log_exception(exc)
+                verdict = decide(exc, errors, self.max_retries, self.backoff)
+                if not verdict.retry:
+                    details.fail()
+                    logger.warning("input FAILED after %d attempts: %r", errors + 1, exc)
+                    if verdict.stop_run:
+                        self._stop_reason = "quota exhausted"
+                        logger.error(
+                            "evalexec: stopping the run: the provider says the quota is "
+                            "exhausted (%r); retrying cannot help",
+                            exc,
+                        )
+                    return True, self.fallback_return_value, errors
+                errors += 1
+                wait = max(verdict.delay, verdict.cooldown or 0.0)
+                logger.info("attempt %d raised %r; retrying in %.2f s", errors, exc, wait)
+                if wait > 0 and not self._pause(min(wait, stop_at - self._clock())):
+                    return False, None, errors
+                continue
+            details.execution_seconds += self._clock() - start
+            details.complete()
+            return True, output, errors
+
+    def _pause(self, seconds: float) -> bool:
+        """Sleep between attempts; False if a termination signal cut the sleep short."""
+        if seconds <= 0:
+            return True
+        try:
+            self._in_call = True
+            try:
+                self._sleep(seconds)
+            finally:
+                self._in_call = False
+        except _Interrupted:
+            return False
+        return True
+
+    def _on_signal(self) -> None:
+        self._stop_reason = "interrupted"
+        if self._in_call:
+            raise _Interrupted
+
+
+# --------------------------------------------------------------------------------------
+# Choosing an executor
+
+
+def get_executor_on_sync_context(
+    sync_fn: Callable[[Any], Any],
+    async_fn: Callable[[Any], Awaitable[Any]],
+    run_sync: bool = False,
+    concurrency: int = 3,
+    tqdm_bar_format: str | None = None,
+    max_retries: int = 10,
+    exit_on_error: bool = True,
+    fallback_return_value: Unset | Any = _unset,
+    timeout: float | None = None,
+) -> Executor:
+    """Pick the executor that works where it is called from.
+
+    A `SyncExecutor` off the main thread (with no signal handler), when `run_sync` is
+    True, or inside a running event loop that nest_asyncio has not patched; an
+    `AsyncExecutor` otherwise.
+    """
+    common: dict[str, Any] = {
+        "tqdm_bar_format": tqdm_bar_format,
+        "max_retries": max_retries,
+        "exit_on_error": exit_on_error,
+        "fallback_return_value": fallback_return_value,
+    }
+    if threading.current_thread() is not threading.main_thread():
+        if not run_sync:
+            logger.warning(
+                "evalexec: async execution needs the main thread; running synchronously "
+                "in this thread instead (pass run_sync=True to silence this warning)"
+            )
+        return SyncExecutor(sync_fn, termination_signal=None, **common)
+    if run_sync:
+        return SyncExecutor(sync_fn, **common)
+    if _running_event_loop_exists() and not getattr(asyncio, "_nest_patched", False):
+        logger.warning(
+            "evalexec: an event loop is already running (a notebook?), so the evals run "
+            "synchronously, which is much slower. To run them concurrently, apply "
+            "nest_asyncio first: `import nest_asyncio; nest_asyncio.apply()` "
+            "(pip install 'evalexec[notebook]')"
+        )
+        return SyncExecutor(sync_fn, **common)
+    return AsyncExecutor(async_fn, concurrency=concurrency, timeout=timeout, **common)
+
+
+def _running_event_loop_exists() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
