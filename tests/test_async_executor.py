@@ -153,7 +153,7 @@ async def test_timeout_cancels_the_attempt_logs_it_and_retries_it() -> None:
 async def test_an_input_that_only_times_out_makes_one_plus_max_retries_attempts() -> None:
     fake = FakeGenerate({"a": [("hang", 0.0)]})
     executor = AsyncExecutor(fake, timeout=1, max_retries=3, exit_on_error=False)
-    outputs, details = await executor.execute(["a", "b"])
+    _, details = await executor.execute(["a", "b"])
     assert fake.attempts["a"] == 4
     assert statuses(details) == [S.FAILED, S.COMPLETED]
     assert all(isinstance(e, TimeoutError) for e in details[0].exceptions)
@@ -294,7 +294,8 @@ def test_inputs_are_drawn_after_the_termination_handler_is_installed() -> None:
             return super().__iter__()
 
     AsyncExecutor(FakeGenerate(), termination_signal=signal.SIGUSR1).run(Watching([1]))
-    assert seen and seen[0] is not before
+    assert len(seen) == 1
+    assert seen[0] is not before
     assert signal.getsignal(signal.SIGUSR1) is before
 
 
