@@ -80,10 +80,16 @@ class TransientProviderError(Exception):
     """A plain transient failure (think connection reset or HTTP 500 without a status)."""
 
 
-def _rate_limit_error(retry_after: float | None) -> RateLimitError:
+def _rate_limit_error(retry_after: float | None, exact: bool = False) -> RateLimitError:
+    """A 429. With `exact`, the hint is the precise wait: `retry-after-ms` in milliseconds
+    plus `retry-after` rounded up to whole seconds, as OpenAI sends them."""
     headers: dict[str, str] = {}
     if retry_after is not None:
-        headers["retry-after"] = f"{retry_after:g}"
+        if exact:
+            headers["retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000)))
+            headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+        else:
+            headers["retry-after"] = f"{retry_after:g}"
     body = {"error": {"message": "Rate limit reached", "type": "requests", "code": None}}
     return RateLimitError(
         "Error code: 429 - rate limit reached",
@@ -139,6 +145,9 @@ class ProviderConfig:
     hang_first_attempt_only: bool = True
     hang_seconds: float = 3600.0
     retry_after: float | None = None
+    # Hint the exact wait until the token bucket has a token (overrides `retry_after`
+    # for rate-limit rejections; in-flight rejections keep `retry_after`).
+    exact_retry_after: bool = False
     quota_exhausted: bool = False
     quota_latency: float = 0.5
     seed: int = 0
@@ -261,6 +270,10 @@ class TokenBucket:
             return True
         return False
 
+    def wait_time(self) -> float:
+        """Seconds until one token is available (as of the last `try_take`)."""
+        return max(0.0, (1.0 - self._tokens) / self.rate)
+
 
 class _ProviderBase:
     def __init__(self, config: ProviderConfig) -> None:
@@ -277,17 +290,20 @@ class _ProviderBase:
         self.records.append(record)
         return record
 
-    def _admit(self, now: float) -> bool:
-        """Apply the in-flight limit and the rate limit at arrival time."""
+    def _admit(self, now: float) -> tuple[bool, float | None]:
+        """Apply the in-flight and rate limits at arrival: (admitted, hint if rejected)."""
         cfg = self.config
         if cfg.max_in_flight is not None and self._accepted_in_flight >= cfg.max_in_flight:
-            return False
+            return False, cfg.retry_after
         if cfg.requests_per_minute is not None:
             if self._bucket is None:
                 self._bucket = TokenBucket(cfg.requests_per_minute / 60.0, cfg.bucket_capacity, now)
             if not self._bucket.try_take(now):
-                return False
-        return True
+                if cfg.exact_retry_after:
+                    # The caller learns of the 429 after `reject_latency`; hint from then.
+                    return False, max(0.001, self._bucket.wait_time() - cfg.reject_latency)
+                return False, cfg.retry_after
+        return True, None
 
     def report(self) -> ProviderReport:
         return build_report(self.records, self.config)
@@ -319,11 +335,12 @@ class AsyncProvider(_ProviderBase):
                 await asyncio.sleep(cfg.quota_latency)
                 record.outcome = QUOTA
                 raise _quota_error()
-            if not self._admit(record.start):
+            admitted, hint = self._admit(record.start)
+            if not admitted:
                 await asyncio.sleep(cfg.reject_latency)
                 record.outcome = RATE_LIMITED
-                record.retry_after = cfg.retry_after
-                raise _rate_limit_error(cfg.retry_after)
+                record.retry_after = hint
+                raise _rate_limit_error(hint, exact=cfg.exact_retry_after)
             record.accepted = True
             self._accepted_in_flight += 1
             try:
@@ -361,6 +378,14 @@ class SyncProvider(_ProviderBase):
     def __call__(self, item: Hashable) -> Any:
         return self.call(item)
 
+    def client(self, tag: str) -> Callable[[Hashable], Any]:
+        """A generation function whose calls are recorded under `tag`."""
+
+        def generate(item: Hashable) -> Any:
+            return self.call(item, tag)
+
+        return generate
+
     def call(self, item: Hashable, tag: str = "") -> Any:
         cfg = self.config
         record = self._begin(item, tag, self._clock())
@@ -369,11 +394,12 @@ class SyncProvider(_ProviderBase):
                 self._sleep(cfg.quota_latency)
                 record.outcome = QUOTA
                 raise _quota_error()
-            if not self._admit(record.start):
+            admitted, hint = self._admit(record.start)
+            if not admitted:
                 self._sleep(cfg.reject_latency)
                 record.outcome = RATE_LIMITED
-                record.retry_after = cfg.retry_after
-                raise _rate_limit_error(cfg.retry_after)
+                record.retry_after = hint
+                raise _rate_limit_error(hint, exact=cfg.exact_retry_after)
             record.accepted = True
             self._accepted_in_flight += 1
             try:

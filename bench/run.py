@@ -17,6 +17,7 @@ defined.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -34,7 +35,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py` also works
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.impls import IMPLS, ImplUnavailable
+from bench.impls import IMPLS, ImplUnavailable, load_module
 from bench.scenarios import SCENARIOS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,10 @@ def _rss_kib() -> int:
 def worker(scenario: str, impl: str, quick: bool, out: Path) -> int:
     """Run one pair in this process and write its Row as JSON to `out`."""
     spec = SCENARIOS[scenario]
+    if impl != "floor" and impl not in spec.skip:
+        # Import first, so the memory column does not count the import itself.
+        with contextlib.suppress(ImplUnavailable):
+            load_module(impl)
     rss_before = _rss_kib()
     try:
         m = spec.run(impl, quick)
@@ -93,7 +98,7 @@ def worker(scenario: str, impl: str, quick: bool, out: Path) -> int:
             wasted=m.wasted,
             peak_rss_mib=max(0, peak - rss_before) / 1024,
             notes=m.notes,
-            extra=m.extra,
+            extra={**m.extra, "incomplete": m.incomplete},
         )
     out.write_text(json.dumps(asdict(row)))
     return 0
@@ -186,7 +191,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
             r.impl,
             _fmt(r.wall) if r.status == "ok" else r.status,
             _fmt(r.ideal),
-            _fmt(r.efficiency, 2),
+            _fmt(r.efficiency, 2) + ("*" if r.extra.get("incomplete") else ""),
             _fmt(r.calls),
             _fmt(r.wasted),
             _fmt(r.peak_rss_mib, 1),
@@ -231,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(
         f"\n{MEM_LABEL}: max RSS of the worker process minus its RSS before the scenario;"
-        f" the memory row's notes use tracemalloc. Total {elapsed:.0f} s"
+        f" the memory row's notes use tracemalloc. * = not every input completed: efficiency"
+        f" is then goodput (completed/N x ideal/wall). Total {elapsed:.0f} s"
         f"{' (quick)' if args.quick else ''}."
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from bench.provider import (
     Latency,
     ProviderConfig,
     ProviderReport,
+    SyncProvider,
 )
 from bench.vclock import run_virtual
 
@@ -54,6 +55,8 @@ class Measurement:
     wasted: int | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # True when some inputs did not complete (efficiency is then goodput, see README).
+    incomplete: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ def latency(impl: str, quick: bool) -> Measurement:
         wall=wall,
         ideal=ideal,
         efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
         calls=report.calls,
         wasted=report.wasted,
         notes=notes,
@@ -266,6 +270,7 @@ def transient(impl: str, quick: bool) -> Measurement:
         wall=wall,
         ideal=ideal,
         efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
         calls=report.calls,
         wasted=report.wasted,
         notes=notes,
@@ -296,6 +301,7 @@ def hang(impl: str, quick: bool) -> Measurement:
         wall=wall,
         ideal=ideal,
         efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
         calls=report.calls,
         wasted=report.wasted,
         notes=notes,
@@ -376,6 +382,40 @@ def sync(impl: str, quick: bool) -> Measurement:
     )
 
 
+def sync429(impl: str, quick: bool) -> Measurement:
+    n, lat, rpm, capacity = (100 if quick else 200), 0.01, 3000.0, 5.0
+    config = ProviderConfig(
+        latency=Latency.fixed(lat),
+        requests_per_minute=rpm,
+        bucket_capacity=capacity,
+        reject_latency=0.005,
+        exact_retry_after=True,
+        seed=SEED,
+    )
+    provider = SyncProvider(config)
+    inputs = list(range(n))
+    ideal = max(n * lat, (n - capacity) / (rpm / 60.0) + lat)
+    runner = make_sync(impl, provider.client(""), max_retries=10, exit_on_error=False)
+    (outputs, statuses), wall = timed(lambda: runner.run(inputs))
+    report = provider.report()
+    notes = [
+        _waste_note(report),
+        *result_notes(inputs, outputs, statuses),
+        f"dispatched during hinted cooldown: {report.dispatched_during_hint}",
+        *provider_notes(report, 1),
+    ]
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra={"dispatched_during_hint": report.dispatched_during_hint},
+    )
+
+
 # ---------------------------------------------------------------- virtual-time scenarios
 
 
@@ -419,6 +459,7 @@ def _virtual_single(
         outputs, statuses = result
         notes += result_notes(inputs, outputs, statuses)
         done = completed(statuses)
+    notes.append(f"peak in-flight {report.peak_in_flight} (c={conc})")
     notes += provider_notes(report, conc)
     eff = efficiency(ideal, virtual_wall, done if scale_by_completion else None, n)
     if hung:
@@ -427,6 +468,7 @@ def _virtual_single(
         wall=virtual_wall,
         ideal=ideal,
         efficiency=eff,
+        incomplete=scale_by_completion and done < n,
         calls=report.calls,
         wasted=report.wasted,
         notes=notes,
@@ -531,6 +573,7 @@ def shared4(impl: str, quick: bool) -> Measurement:
         wall=virtual_wall,
         ideal=ideal,
         efficiency=eff,
+        incomplete=done_total < k * n,
         calls=report.calls,
         wasted=report.wasted,
         notes=notes,
@@ -551,9 +594,14 @@ SCENARIOS: dict[str, Scenario] = {
             "memory",
             memory,
             "1,000,000 instant inputs, c=100; tracemalloc bookkeeping per input",
-            skip={"phoenix": "skipped: Phoenix would take far too long at 1M inputs"},
+            skip={"phoenix": "Phoenix would take far too long at 1M inputs"},
         ),
         Scenario("sync", sync, "SyncExecutor, 100,000 instant calls; vs bare for loop"),
+        Scenario(
+            "sync429",
+            sync429,
+            "SyncExecutor, 200 x 10 ms, 3000 req/min provider, 429s with exact retry-after",
+        ),
         Scenario("rpm500", rpm500, "500 req/min provider, 2000 x ~1.7 s, c=20", virtual=True),
         Scenario(
             "inflight8",
