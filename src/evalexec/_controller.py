@@ -31,10 +31,19 @@ class ConcurrencyController:
 
     * ``slow_start``: until the first error or timeout, a clean window doubles the
       target instead of adding ``increase_step``.
-    * ``episode_seconds``: the first error (or timeout) cuts the target at once and
-      opens an episode of this many seconds; further errors in the episode do not
-      cut again (a burst of N simultaneous 429s is one signal, not N). Windows that
-      saw an issue never grow.
+    * ``episode_seconds``: an error (or timeout) cuts the target at once and opens
+      an episode; further errors in the episode do not cut again (a burst of N
+      simultaneous 429s is one signal, not N). When the error's attempt start time
+      is given (``record_error(started_at=...)``), the episode holds exactly the
+      calls started before the cut; otherwise it lasts one smoothed latency, at
+      most ``episode_seconds``. Windows that saw an issue never grow. Inside an
+      episode an error still caps the target at the calls in flight when it came
+      (see `observe_inflight`): the provider refused a call at that level.
+    * ``goodput_floor``: a cut never goes below this fraction of the concurrency
+      that recent successes show the provider sustains (Little's law: successes per
+      second over the last window times the smoothed latency). A fraction below 1
+      keeps the decrease multiplicative, so executors sharing a provider converge
+      to fair shares.
     * ``saturation``: a clean window grows the target only if the peak number of
       calls in flight reached ``saturation * target`` (report it with
       `observe_inflight`), so an idle run does not inflate its target.
@@ -59,6 +68,7 @@ class ConcurrencyController:
         slow_start: bool = False,
         episode_seconds: float = 0.0,
         saturation: float = 0.0,
+        goodput_floor: float = 0.0,
         timeouts_cut: bool = True,
         history_size: int = 1000,
         clock: Callable[[], float] | None = None,
@@ -89,20 +99,27 @@ class ConcurrencyController:
         self._slow_start = slow_start
         self._episode_seconds = float(episode_seconds)
         self._saturation = float(saturation)
+        self._goodput_floor = float(goodput_floor)
         self._timeouts_cut = timeouts_cut
         self.inactive_check_interval = max(0.1, float(inactive_check_interval))
 
-        started = self._clock()
-        self._window_started_at = started
+        # The first window starts at the first event, not at construction: an
+        # executor built long before its run (or outside the event loop whose clock
+        # the run uses) must not begin with a stale window.
+        self._window_started_at: float | None = None
         self._window_successes = 0
         self._window_issues = 0
         self._window_peak_inflight = 0
         self._episode_until = -math.inf
+        self._last_cut_at = -math.inf
+        self._started_at = 0.0
+        self._inflight: int | None = None  # unknown until observe_inflight is called
+        self._success_times: deque[float] = deque()
         self._error_times: deque[float] = deque(maxlen=max(1, self._collapse_error_threshold))
         self._smoothed_latency: float | None = None
         self.history: deque[tuple[float, int]] = deque(maxlen=history_size)
-        """``(time, target_concurrency)`` each time the integer target changed."""
-        self.history.append((started, self.target_concurrency))
+        """``(time, target_concurrency)`` at the first event and each time the integer
+        target changed."""
 
     # -- what the executor reads ------------------------------------------------------
     @property
@@ -119,9 +136,18 @@ class ConcurrencyController:
         return self._smoothed_latency
 
     # -- events -----------------------------------------------------------------------
-    def record_success(self, latency_seconds: float) -> None:
+    def _now(self) -> float:
         now = self._clock()
+        if self._window_started_at is None:
+            self._window_started_at = self._started_at = now
+            self.history.append((now, self.target_concurrency))
+        return now
+
+    def record_success(self, latency_seconds: float) -> None:
+        now = self._now()
         self._window_successes += 1
+        if self._goodput_floor > 0:
+            self._success_times.append(now)
         latency = float(latency_seconds)
         if self._smoothed_latency is None:
             self._smoothed_latency = latency
@@ -131,7 +157,7 @@ class ConcurrencyController:
         self._maybe_close_window(now)
 
     def record_timeout(self) -> None:
-        now = self._clock()
+        now = self._now()
         if self._timeouts_cut:
             self._issue(now)
         else:
@@ -139,9 +165,10 @@ class ConcurrencyController:
             self._slow_start = False
         self._maybe_close_window(now)
 
-    def record_error(self) -> None:
-        now = self._clock()
-        self._issue(now)
+    def record_error(self, *, started_at: float | None = None) -> None:
+        """Report a rate-limit error; `started_at` is when the refused call started."""
+        now = self._now()
+        self._issue(now, started_at)
         if self._collapse_error_threshold:
             self._error_times.append(now)
             if (
@@ -152,24 +179,61 @@ class ConcurrencyController:
         self._maybe_close_window(now)
 
     def observe_inflight(self, inflight: int) -> None:
-        """Report the number of calls in flight (used by the ``saturation`` gate)."""
+        """Report the number of calls in flight now, each time it changes.
+
+        Used by the ``saturation`` gate, and with ``goodput_floor`` a cut never leaves
+        the target above the calls in flight when the provider refused one.
+        """
+        self._inflight = inflight
         if inflight > self._window_peak_inflight:
             self._window_peak_inflight = inflight
 
     # -- policy -----------------------------------------------------------------------
-    def _issue(self, now: float) -> None:
+    def _issue(self, now: float, started_at: float | None = None) -> None:
         self._window_issues += 1
         self._slow_start = False
-        if self._episode_seconds > 0 and now >= self._episode_until:
-            self._episode_until = now + self._episode_seconds
-            self._set_target(self._target * self._decrease_ratio, now)
+        if self._episode_seconds <= 0:
+            return
+        if started_at is None:
+            new_episode = now >= self._episode_until
+        else:
+            new_episode = started_at >= self._last_cut_at
+        if not new_episode:
+            if self._inflight is not None and self._inflight < self._target:
+                self._set_target(max(self._inflight, 1), now)
+            return
+        length = self._episode_seconds
+        if self._smoothed_latency is not None:
+            length = min(length, self._smoothed_latency)
+        self._episode_until = now + length
+        self._last_cut_at = now
+        self._set_target(self._cut(now), now)
+        # The window restarts at the cut, counted as one with an issue: growth
+        # waits for a whole clean window after the one that holds the cut.
+        self._window_started_at = now
+        self._window_peak_inflight = 0
+
+    def _cut(self, now: float) -> float:
+        cut = self._target * self._decrease_ratio
+        if self._goodput_floor <= 0:
+            return cut
+        latency = self._smoothed_latency
+        span = min(self._window_seconds, now - self._started_at)
+        if latency is not None and span > 0:
+            times = self._success_times
+            while times and times[0] < now - self._window_seconds:
+                times.popleft()
+            sustained = len(times) / span * latency
+            cut = max(cut, min(sustained, self._target) * self._goodput_floor)
+        return cut if self._inflight is None else min(cut, max(self._inflight, 1))
 
     def _maybe_close_window(self, now: float) -> None:
+        assert self._window_started_at is not None
         if now - self._window_started_at < self._window_seconds:
             return
         if self._window_issues:
             if self._episode_seconds <= 0:
-                self._set_target(self._target * self._decrease_ratio, now)
+                self._set_target(self._cut(now), now)
         elif self._window_peak_inflight >= self._saturation * self.target_concurrency:
             grown = self._target * 2 if self._slow_start else self._target + self._increase_step
             self._set_target(grown, now)

@@ -239,7 +239,8 @@ class _Run:
         # look after every event; any other object may change from outside, so
         # gated workers look again every `inactive_check_interval` seconds.
         self.target_poll: float | None = None
-        if controller is not None and not isinstance(controller, ConcurrencyController):
+        self.own_controller = isinstance(controller, ConcurrencyController)
+        if controller is not None and not self.own_controller:
             self.target_poll = float(getattr(controller, "inactive_check_interval", 1.0))
         self.last_target = self.target()
         self.target_raised = asyncio.Event()
@@ -270,8 +271,15 @@ class _Run:
             self.target_raised = asyncio.Event()
         self.last_target = target
 
+    def attempt_started(self) -> None:
+        self.inflight += 1
+        if self.observe_inflight is not None:
+            self.observe_inflight(self.inflight)
+
     def attempt_ended(self) -> None:
         self.inflight -= 1
+        if self.observe_inflight is not None:
+            self.observe_inflight(self.inflight)
         if self.room_waiters:
             self.room_freed.set()
             self.room_freed = asyncio.Event()
@@ -324,10 +332,14 @@ class _Run:
             self.controller.record_timeout()
             self.look_at_target()
 
-    def record_error(self) -> None:
-        if self.controller is not None:
+    def record_error(self, started_at: float) -> None:
+        if self.own_controller:
+            self.controller.record_error(started_at=started_at)
+        elif self.controller is not None:
             self.controller.record_error()
-            self.look_at_target()
+        else:
+            return
+        self.look_at_target()
 
     # -- the life of an input -----------------------------------------------------------
     def admit(self, index: int, item: Any) -> None:
@@ -464,6 +476,7 @@ class AsyncExecutor:
                 collapse_error_threshold=0,
                 episode_seconds=dynamic_window_seconds,
                 saturation=0.8,
+                goodput_floor=0.9,
                 slow_start=True,
                 timeouts_cut=False,
             )
@@ -583,13 +596,12 @@ class AsyncExecutor:
 
     # -- one attempt, and what happens next -------------------------------------------------
     async def _attempt(self, run: _Run, work: _Work) -> None:
+        """Make one attempt on `work`, then settle what happens next."""
         loop = run.loop
-        details = work.details
-        run.inflight += 1
-        if run.observe_inflight is not None:
-            run.observe_inflight(run.inflight)
+        run.attempt_started()
         start = loop.time()
         scope = asyncio.timeout(None if math.isinf(self.timeout) else self.timeout)
+        error: BaseException | None = None
         try:
             async with scope:
                 awaitable = self.generate(work.input)
@@ -597,25 +609,25 @@ class AsyncExecutor:
                     run.crash(_not_awaitable(self.generate, awaitable))
                     return
                 output = await awaitable
-        except TimeoutError as exc:
-            if scope.expired():
-                self._timed_out(run, work)
-            else:
-                self._errored(run, work, exc)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            self._errored(run, work, exc)  # raised by the function itself, not by us
+            error = exc  # raised by the function itself, not by us
         except Exception as exc:
-            self._errored(run, work, exc)
-        else:
-            details.complete()
-            run.record_success(loop.time() - start)
-            run.finish(work, output)
+            error = exc
         finally:
+            elapsed = loop.time() - start
+            work.details.execution_seconds += elapsed
             run.attempt_ended()
-            details.execution_seconds += loop.time() - start
+        if error is None:
+            work.details.complete()
+            run.record_success(elapsed)
+            run.finish(work, output)
+        elif isinstance(error, TimeoutError) and scope.expired():
+            self._timed_out(run, work)
+        else:
+            self._errored(run, work, error, start)
 
     def _timed_out(self, run: _Run, work: _Work) -> None:
         work.details.log_exception(TimeoutError(f"attempt timed out after {self.timeout} s"))
@@ -628,12 +640,12 @@ class AsyncExecutor:
         logger.info("input %d timed out (attempt %d); retrying", work.index, _attempts(work))
         run.requeue(work, 0.0)
 
-    def _errored(self, run: _Run, work: _Work, exc: BaseException) -> None:
+    def _errored(self, run: _Run, work: _Work, exc: BaseException, started_at: float) -> None:
         work.details.log_exception(exc)
         verdict = decide(exc, work.errors, self.max_retries, self.backoff)
         if verdict.report.kind is ErrorKind.RATE_LIMIT:
             run.rate_limits += 1
-            run.record_error()
+            run.record_error(started_at)
             if verdict.cooldown:
                 run.pause_for(verdict.cooldown)
         if not verdict.retry:
