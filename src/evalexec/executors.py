@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from enum import Enum
 from typing import Any, Protocol
 
+from evalexec._checkpoint import Checkpoint, CheckpointError
 from evalexec._clock import now as _now
 from evalexec._controller import ConcurrencyController
 from evalexec._progress import Progress
@@ -207,6 +209,7 @@ class _Run:
         details: list[ExecutionDetails] | None,
         on_final: _OnFinal,
         window: int,
+        checkpoint: Checkpoint | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
@@ -214,6 +217,7 @@ class _Run:
         self.total = total
         self.details = details
         self.on_final = on_final
+        self.checkpoint = checkpoint
         self.started_at = loop.time()
         self.queue: asyncio.PriorityQueue[_Entry] = asyncio.PriorityQueue()
         self.room = asyncio.Semaphore(window)
@@ -348,6 +352,16 @@ class _Run:
         self.produced += 1
         self.queue.put_nowait((0, index, work))
 
+    def restored(self, index: int, output: Any, details: ExecutionDetails) -> None:
+        """Input `index` finished in an earlier run: take its result from the checkpoint."""
+        if self.details is not None:
+            self.details[index] = details
+        self.produced += 1
+        self.finished += 1
+        self.room.release()
+        self.on_final(index, output, details)
+        self.progress.advance()
+
     def requeue(self, work: _Work, delay: float) -> None:
         if delay > 0:
             self.delayed[work.index] = self.loop.call_later(delay, self._requeue_now, work)
@@ -362,6 +376,11 @@ class _Run:
         """`work` reached its final status (COMPLETED, COMPLETED_WITH_RETRIES or FAILED)."""
         self.finished += 1
         self.room.release()
+        if self.checkpoint is not None:
+            try:
+                self.checkpoint.record(work.index, work.input, output, work.details)
+            except CheckpointError as exc:
+                self.crash(exc)
         self.on_final(work.index, output, work.details)
         self.progress.advance()
         self.end_if_done()
@@ -423,6 +442,9 @@ class AsyncExecutor:
         backoff: delays before retrying rate-limit and transient errors (None: retry at
             once, still honouring the provider's retry hints).
         deadline: seconds after which the run stops as if interrupted.
+        checkpoint: a file in which each finished input is stored as it finishes; a
+            rerun with the same inputs and file only calls the function for the inputs
+            that did not complete. The file runs `pickle` when read: only use your own.
     """
 
     def __init__(
@@ -444,9 +466,11 @@ class AsyncExecutor:
         dynamic_inactive_check_interval: float = 1.0,
         backoff: Backoff | None = _DEFAULT_BACKOFF,
         deadline: float | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
     ) -> None:
         _check_callable(generation_fn)
         self.generate = generation_fn
+        self.checkpoint = checkpoint
         self.concurrency = _check_int("concurrency", concurrency, 1)
         self.tqdm_bar_format = tqdm_bar_format
         self.max_retries = _check_int("max_retries", max_retries, 0)
@@ -559,7 +583,11 @@ class AsyncExecutor:
                         run.total,
                     )
                     break
-                run.admit(index, item)
+                stored = None if run.checkpoint is None else run.checkpoint.restore(index, item)
+                if stored is None:
+                    run.admit(index, item)
+                else:
+                    run.restored(index, *stored)
                 index += 1
             if run.total is not None and index < run.total:
                 logger.warning(
@@ -684,7 +712,22 @@ class AsyncExecutor:
         details: list[ExecutionDetails] | None,
         on_final: _OnFinal,
     ) -> None:
-        run = _Run(self, total, details, on_final, window=4 * self.concurrency)
+        checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
+        try:
+            await self._drive_with(inputs, total, details, on_final, checkpoint)
+        finally:
+            if checkpoint is not None:
+                checkpoint.close()
+
+    async def _drive_with(
+        self,
+        inputs: Iterable[Any],
+        total: int | None,
+        details: list[ExecutionDetails] | None,
+        on_final: _OnFinal,
+        checkpoint: Checkpoint | None,
+    ) -> None:
+        run = _Run(self, total, details, on_final, 4 * self.concurrency, checkpoint)
         loop = run.loop
 
         def on_signal() -> None:
@@ -777,11 +820,13 @@ class SyncExecutor:
         *,
         backoff: Backoff | None = _DEFAULT_BACKOFF,
         deadline: float | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         _check_callable(generation_fn)
         self.generate = generation_fn
+        self.checkpoint = checkpoint
         self.tqdm_bar_format = tqdm_bar_format
         self.max_retries = _check_int("max_retries", max_retries, 0)
         self.exit_on_error = exit_on_error
@@ -850,6 +895,7 @@ class SyncExecutor:
         stop_at = math.inf if self.deadline is None else started + self.deadline
         retries = 0
         counted: list[ExecutionDetails] = []
+        checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
         progress = Progress(total, self.tqdm_bar_format, lambda: f"retries={retries}", self._clock)
         try:
             with termination_handler(self.termination_signal, self._on_signal):
@@ -863,12 +909,24 @@ class SyncExecutor:
                         break
                     if self._stop_reason is not None:
                         break
+                    stored = None if checkpoint is None else checkpoint.restore(index, item)
+                    if stored is not None:
+                        output, record = stored
+                        if details is not None:
+                            details[index] = record
+                        counted.append(record)
+                        on_final(index, output, record)
+                        progress.advance()
+                        yield
+                        continue
                     record = ExecutionDetails() if details is None else details[index]
                     counted.append(record)
                     finished, output, tries = self._run_one(item, record, stop_at)
                     retries += tries
                     if not finished:
                         break
+                    if checkpoint is not None:
+                        checkpoint.record(index, item, output, record)
                     on_final(index, output, record)
                     progress.advance()
                     yield
@@ -878,6 +936,8 @@ class SyncExecutor:
                         break
         finally:
             self._in_call = False
+            if checkpoint is not None:
+                checkpoint.close()
             if self._stop_reason == "interrupted":
                 progress.write(
                     "evalexec: interrupted; returning the outputs finished so far "
