@@ -16,12 +16,29 @@ from types import FrameType
 __all__ = ["termination_handler"]
 
 
+class _Installed:
+    """One handler installed by a run; `alive` until that run ends."""
+
+    __slots__ = ("alive", "previous")
+
+    def __init__(self, previous: object) -> None:
+        self.previous = previous
+        self.alive = True
+
+
+def _record(handler: object) -> _Installed | None:
+    record = getattr(handler, "_evalexec_installed", None)
+    return record if isinstance(record, _Installed) else None
+
+
 @contextmanager
 def termination_handler(signum: int | None, on_first_signal: Callable[[], None]) -> Iterator[bool]:
     """Call `on_first_signal` on the first `signum`; raise KeyboardInterrupt on the next.
 
     Yields whether a handler was installed (never off the main thread, never when
-    `signum` is None).
+    `signum` is None). Runs may nest (two executors awaited side by side): each
+    restores, when it ends, the nearest handler below it whose run is still going, or
+    the one that was there before any of them.
     """
     if signum is None or threading.current_thread() is not threading.main_thread():
         yield False
@@ -36,9 +53,15 @@ def termination_handler(signum: int | None, on_first_signal: Callable[[], None])
         received = True
         on_first_signal()
 
-    previous = signal.signal(signum, handler)
+    record = _Installed(signal.getsignal(signum))
+    handler._evalexec_installed = record  # type: ignore[attr-defined]
+    signal.signal(signum, handler)
     try:
         yield True
     finally:
+        record.alive = False
         if signal.getsignal(signum) is handler:
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+            previous = record.previous
+            while (below := _record(previous)) is not None and not below.alive:
+                previous = below.previous
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]
