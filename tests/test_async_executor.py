@@ -404,3 +404,19 @@ def test_bad_inputs_are_refused_before_anything_runs(inputs: Any, message: str) 
     with pytest.raises(TypeError, match=message):
         AsyncExecutor(fake).run(inputs)
     assert fake.calls == []
+
+
+@pytest.mark.parametrize("delays", [(1.0, 2.0), (2.0, 1.0)])
+async def test_runs_awaited_side_by_side_restore_the_original_handler(
+    delays: tuple[float, float],
+) -> None:
+    """Whichever run ends first, the handler left afterwards is the one from before."""
+    before = signal.getsignal(signal.SIGUSR1)
+    first = AsyncExecutor(
+        FakeGenerate(default=("ok", delays[0])), termination_signal=signal.SIGUSR1
+    )
+    second = AsyncExecutor(
+        FakeGenerate(default=("ok", delays[1])), termination_signal=signal.SIGUSR1
+    )
+    await asyncio.gather(first.execute([1]), second.execute([2]))
+    assert signal.getsignal(signal.SIGUSR1) is before
