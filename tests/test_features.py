@@ -1,0 +1,570 @@
+"""The features beyond Phoenix's API: stream(), deadline=, the status line and summary,
+log volume, rate-limit pauses, and the demo. On virtual loop time (looptime)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytest
+from tqdm.auto import tqdm
+
+import evalexec._progress
+from evalexec.exceptions import RateLimitError
+from evalexec.executors import (
+    AsyncExecutor,
+    ExecutionDetails,
+    ExecutionStatus,
+    SyncExecutor,
+    _unset,
+)
+from tests.fakes import FakeError, FakeGenerate, output_for
+
+pytestmark = pytest.mark.looptime
+
+S = ExecutionStatus
+BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}"
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def summary_of(details: list[ExecutionDetails]) -> list[tuple[Any, ...]]:
+    """What a test compares of each input's details: status, exception types, seconds."""
+    return [(d.status, [type(e) for e in d.exceptions], d.execution_seconds) for d in details]
+
+
+def other_tasks() -> set[asyncio.Task[Any]]:
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+
+
+@dataclass
+class Drawn:
+    """A generator of inputs ``0..count-1`` that records how far it has been drawn."""
+
+    count: int
+    drawn: int = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for item in range(self.count):
+            self.drawn += 1
+            yield item
+
+
+@dataclass
+class Hinting:
+    """A `FakeGenerate` whose rate limits carry a retry hint; records when calls end."""
+
+    fake: FakeGenerate
+    hint: float
+    ended: list[tuple[Any, float]] = field(default_factory=list)
+    cancelled: list[Any] = field(default_factory=list)
+
+    async def __call__(self, item: Any) -> Any:
+        try:
+            return await self.fake(item)
+        except RateLimitError as exc:
+            raise RateLimitError(str(exc), retry_after=self.hint) from None
+        except asyncio.CancelledError:
+            self.cancelled.append(item)
+            raise
+        finally:
+            self.ended.append((item, now()))
+
+
+# -- AsyncExecutor.stream -----------------------------------------------------------------
+
+STREAM_TABLE: dict[Any, list[tuple[str, float]]] = {
+    0: [("ok", 3.0)],
+    1: [("ok", 1.0)],
+    2: [("error", 0.5), ("ok", 1.0)],
+    3: [("ok", 2.0)],
+}
+
+
+async def test_stream_yields_in_completion_order_at_the_moment_each_input_finishes() -> None:
+    fake = FakeGenerate(STREAM_TABLE)
+    executor = AsyncExecutor(fake, concurrency=2, enable_dynamic_concurrency=False)
+    start = now()
+    seen = []
+    async for index, output, details in executor.stream([0, 1, 2, 3]):
+        seen.append((index, output, details.status, now() - start))
+    # 0 and 1 start at 0; 2 takes 1's worker at 1.0, fails at 1.5 and is retried at
+    # once; 3 starts when 2 is done at 2.5
+    assert seen == [
+        (1, "out:1", S.COMPLETED, 1.0),
+        (2, "out:2", S.COMPLETED_WITH_RETRIES, 2.5),
+        (0, "out:0", S.COMPLETED, 3.0),
+        (3, "out:3", S.COMPLETED, 4.5),
+    ]
+    assert [(c.item, c.started - start) for c in fake.calls] == [
+        (0, 0.0),
+        (1, 0.0),
+        (2, 1.0),
+        (2, 1.5),
+        (3, 2.5),
+    ]
+
+
+async def test_stream_ends_with_the_same_details_as_execute() -> None:
+    executor = AsyncExecutor(FakeGenerate(STREAM_TABLE), concurrency=2)
+    outputs, details = await executor.execute([0, 1, 2, 3])
+
+    executor = AsyncExecutor(FakeGenerate(STREAM_TABLE), concurrency=2)
+    streamed: dict[int, tuple[Any, ExecutionDetails]] = {}
+    async for index, output, detail in executor.stream([0, 1, 2, 3]):
+        streamed[index] = (output, detail)
+
+    assert [streamed[i][0] for i in range(4)] == outputs
+    assert summary_of([streamed[i][1] for i in range(4)]) == summary_of(details)
+    assert summary_of(details) == [
+        (S.COMPLETED, [], 3.0),
+        (S.COMPLETED, [], 1.0),
+        (S.COMPLETED_WITH_RETRIES, [FakeError], 1.5),
+        (S.COMPLETED, [], 2.0),
+    ]
+
+
+async def test_stream_draws_a_generator_of_unknown_length_only_a_window_ahead() -> None:
+    concurrency = 3
+    inputs = Drawn(1000)
+    finished = 0
+    ahead: list[int] = []
+
+    async def generate(item: int) -> int:
+        nonlocal finished
+        ahead.append(inputs.drawn - finished)
+        await asyncio.sleep(1.0)
+        finished += 1
+        return item
+
+    executor = AsyncExecutor(generate, concurrency=concurrency)
+    start = now()
+    indices = [index async for index, _, _ in executor.stream(iter(inputs))]
+    assert sorted(indices) == list(range(1000))
+    assert inputs.drawn == 1000
+    assert max(ahead) == 4 * concurrency
+    assert now() - start == 334.0  # ceil(1000 / 3) rounds of one second
+
+
+async def test_breaking_out_of_stream_early_cancels_the_calls_in_flight() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    fake = FakeGenerate({0: [("ok", 1.0)]}, default=("ok", 10.0))
+    hinting = Hinting(fake, hint=0.0)
+    inputs = Drawn(10**9)
+    executor = AsyncExecutor(hinting, concurrency=3)
+    start = now()
+    stream = executor.stream(iter(inputs))
+    assert isinstance(stream, AsyncGenerator)  # it can be closed, as its docstring says
+    async with contextlib.aclosing(stream) as results:
+        async for index, output, _ in results:
+            assert (index, output, now() - start) == (0, "out:0", 1.0)
+            break
+    assert now() - start == 1.0  # nothing waited for the calls in flight
+    assert other_tasks() == set()
+    assert sorted(hinting.cancelled) == [1, 2, 3]
+    assert fake.inflight == 0
+    assert inputs.drawn <= 4 * 3 + 1
+    assert signal.getsignal(signal.SIGINT) is before
+    drawn, calls = inputs.drawn, len(fake.calls)
+    await asyncio.sleep(100.0)
+    assert (inputs.drawn, len(fake.calls)) == (drawn, calls) == (drawn, 4)
+
+
+async def test_an_error_that_ends_a_stream_run_is_raised_by_the_iterator() -> None:
+    def not_async(item: int) -> int:
+        return item
+
+    executor = AsyncExecutor(not_async)  # type: ignore[arg-type]
+    results: AsyncIterator[Any] = executor.stream(iter(range(5)))
+    with pytest.raises(TypeError, match="returns an awaitable"):
+        async for _ in results:
+            pass
+    assert other_tasks() == set()
+
+
+# -- SyncExecutor.stream ------------------------------------------------------------------
+
+
+class FakeTime:
+    """A clock and a sleep for SyncExecutor that move only when told; sleeps are kept."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_sync_stream_draws_a_generator_lazily_and_yields_each_input_when_final() -> None:
+    inputs = Drawn(5)
+    calls: list[int] = []
+
+    def generate(item: int) -> str:
+        calls.append(item)
+        if item == 1 and calls.count(1) == 1:
+            raise FakeError("once")
+        return output_for(item)
+
+    fake_time = FakeTime()
+    executor = SyncExecutor(generate, clock=fake_time.clock, sleep=fake_time.sleep)
+    seen = [
+        (index, output, details.status, inputs.drawn)
+        for index, output, details in executor.stream(iter(inputs))
+    ]
+    assert seen == [
+        (0, "out:0", S.COMPLETED, 1),
+        (1, "out:1", S.COMPLETED_WITH_RETRIES, 2),
+        (2, "out:2", S.COMPLETED, 3),
+        (3, "out:3", S.COMPLETED, 4),
+        (4, "out:4", S.COMPLETED, 5),
+    ]
+    assert calls == [0, 1, 1, 2, 3, 4]
+
+
+def test_closing_a_sync_stream_early_stops_the_run_and_restores_the_handler() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    seen_handlers: list[object] = []
+    calls: list[int] = []
+
+    def generate(item: int) -> int:
+        calls.append(item)
+        seen_handlers.append(signal.getsignal(signal.SIGINT))
+        return item
+
+    fake_time = FakeTime()
+    executor = SyncExecutor(generate, clock=fake_time.clock, sleep=fake_time.sleep)
+    inputs = Drawn(10**9)
+    stream = executor.stream(iter(inputs))
+    assert isinstance(stream, Generator)
+    with contextlib.closing(stream) as results:
+        for index, _, _ in results:
+            if index == 2:
+                break
+    assert calls == [0, 1, 2]
+    assert inputs.drawn == 3
+    assert seen_handlers[0] is not before  # installed while running...
+    assert signal.getsignal(signal.SIGINT) is before  # ...and put back when closed
+
+
+# -- deadline= ----------------------------------------------------------------------------
+
+
+async def test_a_deadline_cancels_calls_in_flight_and_keeps_finished_outputs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeGenerate(default=("ok", 4.0))
+    hinting = Hinting(fake, hint=0.0)
+    executor = AsyncExecutor(hinting, concurrency=2, deadline=10.0)
+    start = now()
+    with caplog.at_level(logging.WARNING, logger="evalexec"):
+        outputs, details = await executor.execute(list(range(8)))
+    assert now() - start == 10.0
+    assert outputs == [output_for(i) for i in range(4)] + [_unset] * 4
+    assert [d.status for d in details] == [S.COMPLETED] * 4 + [S.DID_NOT_RUN] * 4
+    assert sorted(hinting.cancelled) == [4, 5]  # started at 8.0, cut at 10.0
+    assert [c.started - start for c in fake.calls] == [0.0, 0.0, 4.0, 4.0, 8.0, 8.0]
+    assert [d.execution_seconds for d in details[4:]] == [2.0, 2.0, 0.0, 0.0]
+    assert other_tasks() == set()
+    assert [r.getMessage() for r in caplog.records] == [
+        "evalexec: the deadline of 10.0 s passed; the run was stopped"
+    ]
+
+
+async def test_a_deadline_ends_a_run_whose_retry_is_waiting_out_a_backoff() -> None:
+    fake = FakeGenerate({"a": [("rate_limit", 1.0), ("ok", 0.0)]}, default=("ok", 0.5))
+    executor = AsyncExecutor(Hinting(fake, hint=60.0), deadline=5.0)
+    start = now()
+    outputs, details = await executor.execute(["a", "b"])
+    assert now() - start == 5.0
+    assert outputs == [_unset, "out:b"]
+    assert summary_of(details) == [
+        (S.DID_NOT_RUN, [RateLimitError], 1.0),
+        (S.COMPLETED, [], 0.5),
+    ]
+    assert fake.attempts["a"] == 1
+    assert other_tasks() == set()
+
+
+def test_a_sync_deadline_cuts_a_backoff_sleep_short_and_starts_nothing_after_it() -> None:
+    calls: list[tuple[str, float]] = []
+    fake_time = FakeTime()
+
+    def generate(item: str) -> str:
+        calls.append((item, fake_time.now))
+        fake_time.now += 1.0
+        if item == "b":
+            raise RateLimitError("slow down", retry_after=30.0)
+        return output_for(item)
+
+    executor = SyncExecutor(generate, clock=fake_time.clock, sleep=fake_time.sleep, deadline=10.0)
+    outputs, details = executor.run(["a", "b", "c"])
+    assert calls == [("a", 0.0), ("b", 1.0)]
+    assert fake_time.sleeps == [8.0]  # until the deadline, not the 30 s hint
+    assert fake_time.now == 10.0
+    assert outputs == ["out:a", _unset, _unset]
+    assert [d.status for d in details] == [S.COMPLETED, S.DID_NOT_RUN, S.DID_NOT_RUN]
+
+
+# -- the status line and the summary --------------------------------------------------------
+
+
+class RecordingBar(tqdm):  # type: ignore[type-arg]
+    """A tqdm bar that keeps every postfix it was given, whether it was closed, and
+    every line written through it."""
+
+    bars: ClassVar[list[RecordingBar]] = []
+    lines: ClassVar[list[str]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["file"] = open_null()
+        super().__init__(*args, **kwargs)
+        self.postfixes: list[tuple[float, str]] = []
+        self.was_closed = False
+        RecordingBar.bars.append(self)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfixes.append((_loop_time(), s))
+        super().set_postfix_str(s, refresh=refresh)
+
+    def close(self) -> None:
+        self.was_closed = True
+        super().close()
+        self.fp.close()
+
+    @classmethod
+    def write(cls, s: str, file: Any = None, end: str = "\n", nolock: bool = False) -> None:
+        cls.lines.append(s)
+
+
+def open_null() -> Any:
+    return open(os.devnull, "w")  # closed by RecordingBar.close
+
+
+def _loop_time() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return -1.0
+
+
+@pytest.fixture
+def bars(monkeypatch: pytest.MonkeyPatch) -> type[RecordingBar]:
+    RecordingBar.bars = []
+    RecordingBar.lines = []
+    monkeypatch.setattr(evalexec._progress, "tqdm", RecordingBar)
+    return RecordingBar
+
+
+async def test_the_status_line_shows_retries_rate_limits_failures_and_the_cooldown(
+    bars: type[RecordingBar],
+) -> None:
+    fake = FakeGenerate(
+        {
+            "f": [("phoenix", 0.25)],
+            "e": [("error", 0.25), ("ok", 1.0)],
+            "r": [("rate_limit", 1.0), ("ok", 0.0)],
+            "x": [("ok", 5.0)],
+        }
+    )
+    executor = AsyncExecutor(
+        Hinting(fake, hint=30.0),
+        concurrency=3,
+        tqdm_bar_format=BAR,
+        exit_on_error=False,
+        enable_dynamic_concurrency=False,
+    )
+    start = now()
+    outputs, _ = await executor.execute(["f", "e", "r", "x"])
+    assert now() - start == 31.0
+    assert outputs == [_unset, "out:e", "out:r", "out:x"]
+    [bar] = bars.bars
+    shown = dict(bar.postfixes)
+    # at 1.0 "r" is rate limited with a 30 s hint: "e" (retried) and "x" are in flight
+    assert shown[start + 1.0] == (
+        "target=3 inflight=2 retries=1 rate_limited=1 failed=1 cooldown=30s"
+    )
+    # at 5.25 "x" finishes while the cooldown still runs
+    assert shown[start + 5.25] == (
+        "target=3 inflight=0 retries=2 rate_limited=1 failed=1 cooldown=26s"
+    )
+    assert bar.postfixes[-1] == (
+        start + 31.0,
+        "target=3 inflight=0 retries=2 rate_limited=1 failed=1",
+    )
+    assert bar.was_closed
+    assert bars.lines == [
+        "evalexec: 1 completed, 2 completed with retries, 1 failed, 0 did not run; "
+        "2 retries; 31.0 s"
+    ]
+
+
+def test_the_summary_line_counts_every_status(bars: type[RecordingBar]) -> None:
+    fake = FakeGenerate(
+        {
+            1: [("error", 0.0), ("ok", 0.0)],
+            2: [("error", 0.0), ("error", 0.0), ("ok", 0.0)],
+            3: [("phoenix", 0.0)],
+        }
+    )
+    fake_time = FakeTime()
+
+    def generate(item: int) -> Any:
+        fake_time.now += 1.0
+        return fake.sync(item)
+
+    executor = SyncExecutor(
+        generate, tqdm_bar_format=BAR, clock=fake_time.clock, sleep=fake_time.sleep
+    )
+    _, details = executor.run([0, 1, 2, 3, 4])
+    assert [d.status for d in details] == [
+        S.COMPLETED,
+        S.COMPLETED_WITH_RETRIES,
+        S.COMPLETED_WITH_RETRIES,
+        S.FAILED,
+        S.DID_NOT_RUN,
+    ]
+    [bar] = bars.bars
+    assert bar.was_closed
+    assert bars.lines == [
+        "evalexec: 1 completed, 2 completed with retries, 1 failed, 1 did not run; 3 retries; 7.0 s"
+    ]
+
+
+async def test_no_bar_and_no_summary_without_a_bar_format(bars: type[RecordingBar]) -> None:
+    await AsyncExecutor(FakeGenerate()).execute([1, 2])
+    assert bars.bars == []
+    assert bars.lines == []
+
+
+# -- log volume ---------------------------------------------------------------------------
+
+
+async def test_retries_are_logged_at_info_and_never_as_warnings(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky = range(0, 1000, 20)  # 5 % of the inputs fail once, then succeed
+    fake = FakeGenerate({i: [("error", 0.5), ("ok", 0.5)] for i in flaky}, default=("ok", 0.5))
+    with caplog.at_level(logging.INFO, logger="evalexec"):
+        _, details = await AsyncExecutor(fake, concurrency=20).execute(list(range(1000)))
+    assert {d.status for i, d in enumerate(details) if i in flaky} == {S.COMPLETED_WITH_RETRIES}
+    records = [r for r in caplog.records if r.name == "evalexec"]
+    assert [r for r in records if r.levelno >= logging.WARNING] == []
+    retried = [r for r in records if "retrying" in r.getMessage()]
+    assert len(retried) == 50
+    assert {r.levelno for r in retried} == {logging.INFO}
+    assert {int(r.getMessage().split()[1]) for r in retried} == set(flaky)
+
+
+async def test_each_failed_input_logs_exactly_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing = {7, 301, 999}
+    table = {i: [("error", 0.5)] for i in failing}
+    table.update({i: [("error", 0.5), ("ok", 0.5)] for i in range(0, 1000, 20)})
+    fake = FakeGenerate(table, default=("ok", 0.5))
+    executor = AsyncExecutor(fake, concurrency=20, max_retries=2, exit_on_error=False)
+    with caplog.at_level(logging.INFO, logger="evalexec"):
+        _, details = await executor.execute(list(range(1000)))
+    assert {i for i, d in enumerate(details) if d.status is S.FAILED} == failing
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sorted(r.getMessage() for r in warnings) == sorted(
+        f"input {i} FAILED after 3 attempts: FakeError('error on {i} attempt 2')" for i in failing
+    )
+    assert {r.levelno for r in warnings} == {logging.WARNING}
+
+
+def test_sync_retries_are_info_and_each_failed_input_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table = {i: [("error", 0.0), ("ok", 0.0)] for i in range(0, 200, 20)}
+    table.update({5: [("error", 0.0)], 50: [("error", 0.0)]})
+    fake = FakeGenerate(table)
+    fake_time = FakeTime()
+    executor = SyncExecutor(
+        fake.sync,
+        max_retries=1,
+        exit_on_error=False,
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+    )
+    with caplog.at_level(logging.INFO, logger="evalexec"):
+        _, details = executor.run(list(range(200)))
+    assert [i for i, d in enumerate(details) if d.status is S.FAILED] == [5, 50]
+    levels = [r.levelno for r in caplog.records]
+    assert levels.count(logging.INFO) == 10 + 2
+    assert levels.count(logging.WARNING) == 2
+    assert len(levels) == 12 + 2
+
+
+# -- rate-limit hints pause all dispatch ----------------------------------------------------
+
+
+async def test_a_rate_limit_hint_pauses_every_worker_while_calls_in_flight_finish() -> None:
+    fake = FakeGenerate(
+        {0: [("ok", 4.0)], 1: [("ok", 6.0)], 2: [("rate_limit", 1.0), ("ok", 1.0)]},
+        default=("ok", 1.0),
+    )
+    hinting = Hinting(fake, hint=30.0)
+    executor = AsyncExecutor(hinting, concurrency=4, enable_dynamic_concurrency=False)
+    start = now()
+    outputs, details = await executor.execute(list(range(10)))
+    assert outputs == [output_for(i) for i in range(10)]
+    t0 = start + 1.0  # when input 2 was rate limited
+    starts = [c.started for c in fake.calls]
+    assert [s for s in starts if t0 < s < t0 + 30.0] == []
+    assert min(s for s in starts if s > t0) == t0 + 30.0
+    # the calls in flight at t0 finished normally during the pause
+    ended = dict(hinting.ended)
+    assert (ended[0] - start, ended[1] - start) == (4.0, 6.0)
+    assert (details[0].status, details[1].status) == (S.COMPLETED, S.COMPLETED)
+    assert hinting.cancelled == []
+
+
+async def test_the_builtin_controller_also_waits_out_the_hint() -> None:
+    fake = FakeGenerate({2: [("rate_limit", 1.0), ("ok", 1.0)]}, default=("ok", 1.0))
+    executor = AsyncExecutor(Hinting(fake, hint=12.0), concurrency=4)
+    start = now()
+    await executor.execute(list(range(10)))
+    starts = [c.started - start for c in fake.calls]
+    assert [s for s in starts if 1.0 < s < 13.0] == []
+    assert min(s for s in starts if s > 1.0) == 13.0
+
+
+# -- the demo -----------------------------------------------------------------------------
+
+
+DEMO_ARGS = ("demo", "--inputs", "50", "--rpm", "6000", "--latency", "0.02")
+
+
+def test_the_demo_runs_and_prints_its_summary() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "evalexec", *DEMO_ARGS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "demo: 50/50 rows judged" in result.stdout
+    summary = re.compile(
+        r"^evalexec: \d+ completed, \d+ completed with retries, 0 failed, 0 did not run; "
+        r"\d+ retries; \d+\.\d s$",
+        re.MULTILINE,
+    )
+    assert summary.search(result.stderr), result.stderr
