@@ -161,6 +161,21 @@ def run_pair(scenario: str, impl: str, quick: bool, limit: float) -> Row:
         return Row(scenario, impl, "error", notes=[f"worker exited {code}", *_tail(log)])
 
 
+def compare_with_floor(rows: list[Row]) -> None:
+    """Add "+x% vs floor" to rows whose scenario has a floor row that did all its work."""
+    floors = {
+        r.scenario: r.wall
+        for r in rows
+        if r.impl == "floor" and r.status == "ok" and not r.extra.get("incomplete")
+    }
+    for r in rows:
+        floor_wall = floors.get(r.scenario)
+        if r.impl == "floor" or r.status != "ok" or not floor_wall or r.wall is None:
+            continue
+        r.notes.append(f"wall {100.0 * (r.wall / floor_wall - 1):+.1f}% vs floor")
+        r.extra["vs_floor"] = r.wall / floor_wall
+
+
 def _fmt(value: float | int | None, digits: int = 3) -> str:
     if value is None:
         return "—"
@@ -231,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shown = _fmt(row.wall) if row.status == "ok" else row.status
             print(f"  {name:<16} {impl:<9} {shown}", file=sys.stderr, flush=True)
     elapsed = time.perf_counter() - started
+    compare_with_floor(rows)
 
     table = markdown_table(rows)
     print(table)
