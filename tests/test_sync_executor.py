@@ -600,4 +600,4 @@ def test_a_failure_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> N
     fake = TimedFake(time, {"a": [("error", 0.0)]})
     executor(fake, time, max_retries=1).run(["a"])
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert messages == ["input FAILED after 2 attempts: FakeError(\"error on 'a' attempt 1\")"]
+    assert messages == ["input 0 FAILED after 2 attempts: FakeError(\"error on 'a' attempt 1\")"]

@@ -17,7 +17,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from enum import Enum
 from typing import Any, Protocol
 
@@ -164,18 +171,28 @@ def _sized_len(inputs: object) -> int:
         ) from None
 
 
-def _summary(details: Iterable[ExecutionDetails], retries: int, seconds: float) -> str:
-    order = (
+class _Tally:
+    """How many inputs reached each final status: the run's one-line summary."""
+
+    __slots__ = ("counts",)
+
+    _FINAL = (
         ExecutionStatus.COMPLETED,
         ExecutionStatus.COMPLETED_WITH_RETRIES,
         ExecutionStatus.FAILED,
-        ExecutionStatus.DID_NOT_RUN,
     )
-    counts = dict.fromkeys(order, 0)
-    for detail in details:
-        counts[detail.status] += 1
-    parts = ", ".join(f"{counts[status]} {status.value.lower()}" for status in order)
-    return f"evalexec: {parts}; {retries} retries; {seconds:.1f} s"
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self._FINAL, 0)
+
+    def add(self, status: ExecutionStatus) -> None:
+        self.counts[status] += 1
+
+    def summary(self, inputs: int, retries: int, seconds: float) -> str:
+        not_run = max(0, inputs - sum(self.counts.values()))
+        parts = [f"{count} {status.value.lower()}" for status, count in self.counts.items()]
+        parts.append(f"{not_run} {ExecutionStatus.DID_NOT_RUN.value.lower()}")
+        return f"evalexec: {', '.join(parts)}; {retries} retries; {seconds:.1f} s"
 
 
 # --------------------------------------------------------------------------------------
@@ -210,6 +227,7 @@ class _Run:
         on_final: _OnFinal,
         window: int,
         checkpoint: Checkpoint | None,
+        room: asyncio.Semaphore | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
@@ -220,7 +238,11 @@ class _Run:
         self.checkpoint = checkpoint
         self.started_at = loop.time()
         self.queue: asyncio.PriorityQueue[_Entry] = asyncio.PriorityQueue()
-        self.room = asyncio.Semaphore(window)
+        # At most `window` inputs are drawn and not yet final (or, for a stream that
+        # passes its own `room`, not yet taken by its reader).
+        self.room = asyncio.Semaphore(window) if room is None else room
+        self.release_room = room is None
+        self.tally = _Tally()
         self.stopped = asyncio.Event()
         self.ending = False
         self.stop_reason: str | None = None
@@ -358,7 +380,9 @@ class _Run:
             self.details[index] = details
         self.produced += 1
         self.finished += 1
-        self.room.release()
+        self.tally.add(details.status)
+        if self.release_room:
+            self.room.release()
         self.on_final(index, output, details)
         self.progress.advance()
 
@@ -375,7 +399,9 @@ class _Run:
     def finish(self, work: _Work, output: Any) -> None:
         """`work` reached its final status (COMPLETED, COMPLETED_WITH_RETRIES or FAILED)."""
         self.finished += 1
-        self.room.release()
+        self.tally.add(work.details.status)
+        if self.release_room:
+            self.room.release()
         if self.checkpoint is not None:
             try:
                 self.checkpoint.record(work.index, work.input, output, work.details)
@@ -526,7 +552,7 @@ class AsyncExecutor:
 
     async def stream(
         self, inputs: Iterable[Any]
-    ) -> AsyncIterator[tuple[int, Any, ExecutionDetails]]:
+    ) -> AsyncGenerator[tuple[int, Any, ExecutionDetails], None]:
         """Yield ``(index, output, details)`` for each input as soon as it is final.
 
         Inputs may be of unknown length (a generator); only a bounded window of them is
@@ -542,13 +568,15 @@ class AsyncExecutor:
             _sized_len(inputs)  # raises the same clear error as execute()
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
         results: asyncio.Queue[tuple[int, Any, ExecutionDetails] | None] = asyncio.Queue()
+        # A slow reader holds the window: results not yet taken count as in play.
+        room = asyncio.Semaphore(4 * self.concurrency)
 
         def emit(index: int, output: Any, details: ExecutionDetails) -> None:
             results.put_nowait((index, output, details))
 
         async def drive() -> None:
             try:
-                await self._drive(inputs, total, None, emit)
+                await self._drive(inputs, total, None, emit, room)
             finally:
                 results.put_nowait(None)
 
@@ -556,6 +584,7 @@ class AsyncExecutor:
         try:
             while (result := await results.get()) is not None:
                 yield result
+                room.release()
             await driver  # re-raise what ended the run, if it was an error
         finally:
             if not driver.done():
@@ -711,10 +740,11 @@ class AsyncExecutor:
         total: int | None,
         details: list[ExecutionDetails] | None,
         on_final: _OnFinal,
+        room: asyncio.Semaphore | None = None,
     ) -> None:
         checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
         try:
-            await self._drive_with(inputs, total, details, on_final, checkpoint)
+            await self._drive_with(inputs, total, details, on_final, checkpoint, room)
         finally:
             if checkpoint is not None:
                 checkpoint.close()
@@ -726,8 +756,9 @@ class AsyncExecutor:
         details: list[ExecutionDetails] | None,
         on_final: _OnFinal,
         checkpoint: Checkpoint | None,
+        room: asyncio.Semaphore | None,
     ) -> None:
-        run = _Run(self, total, details, on_final, 4 * self.concurrency, checkpoint)
+        run = _Run(self, total, details, on_final, 4 * self.concurrency, checkpoint, room)
         loop = run.loop
 
         def on_signal() -> None:
@@ -754,10 +785,9 @@ class AsyncExecutor:
                 deadline.cancel()
             for handle in run.delayed.values():
                 handle.cancel()
-            summary = None
-            if details is not None:
-                summary = _summary(details, run.retries, loop.time() - run.started_at)
-            run.progress.close(summary)
+            inputs_seen = run.produced if run.total is None else run.total
+            seconds = loop.time() - run.started_at
+            run.progress.close(run.tally.summary(inputs_seen, run.retries, seconds))
         if run.stop_reason == "deadline":
             logger.warning(
                 "evalexec: the deadline of %s s passed; the run was stopped", self.deadline
@@ -853,7 +883,9 @@ class SyncExecutor:
         self._drive(inputs, total, details, keep)
         return outputs, details
 
-    def stream(self, inputs: Iterable[Any]) -> Iterator[tuple[int, Any, ExecutionDetails]]:
+    def stream(
+        self, inputs: Iterable[Any]
+    ) -> Generator[tuple[int, Any, ExecutionDetails], None, None]:
         """Yield ``(index, output, details)`` for each input as soon as it is final."""
         if (
             inputs is None
@@ -894,7 +926,8 @@ class SyncExecutor:
         started = self._clock()
         stop_at = math.inf if self.deadline is None else started + self.deadline
         retries = 0
-        counted: list[ExecutionDetails] = []
+        drawn = 0
+        tally = _Tally()
         checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
         progress = Progress(total, self.tqdm_bar_format, lambda: f"retries={retries}", self._clock)
         try:
@@ -909,22 +942,23 @@ class SyncExecutor:
                         break
                     if self._stop_reason is not None:
                         break
+                    drawn += 1
                     stored = None if checkpoint is None else checkpoint.restore(index, item)
                     if stored is not None:
                         output, record = stored
                         if details is not None:
                             details[index] = record
-                        counted.append(record)
+                        tally.add(record.status)
                         on_final(index, output, record)
                         progress.advance()
                         yield
                         continue
                     record = ExecutionDetails() if details is None else details[index]
-                    counted.append(record)
-                    finished, output, tries = self._run_one(item, record, stop_at)
+                    finished, output, tries = self._run_one(index, item, record, stop_at)
                     retries += tries
                     if not finished:
                         break
+                    tally.add(record.status)
                     if checkpoint is not None:
                         checkpoint.record(index, item, output, record)
                     on_final(index, output, record)
@@ -947,14 +981,11 @@ class SyncExecutor:
                 logger.warning(
                     "evalexec: the deadline of %s s passed; the run was stopped", self.deadline
                 )
-            progress.close(
-                _summary(
-                    details if details is not None else counted, retries, self._clock() - started
-                )
-            )
+            inputs_seen = drawn if total is None else total
+            progress.close(tally.summary(inputs_seen, retries, self._clock() - started))
 
     def _run_one(
-        self, item: Any, details: ExecutionDetails, stop_at: float
+        self, index: int, item: Any, details: ExecutionDetails, stop_at: float
     ) -> tuple[bool, Any, int]:
         """Attempt one input until it is final; returns (finished, output, retries)."""
         errors = 0
@@ -979,7 +1010,7 @@ class SyncExecutor:
                 verdict = decide(exc, errors, self.max_retries, self.backoff)
                 if not verdict.retry:
                     details.fail()
-                    logger.warning("input FAILED after %d attempts: %r", errors + 1, exc)
+                    logger.warning("input %d FAILED after %d attempts: %r", index, errors + 1, exc)
                     if verdict.stop_run:
                         self._stop_reason = "quota exhausted"
                         logger.error(
