@@ -1,9 +1,21 @@
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+
+@pytest.fixture(autouse=True)
+def _no_implicit_event_loop(request: pytest.FixtureRequest) -> None:
+    """Around every test, looptime asks the event loop policy for a loop; in a sync test
+    run before any loop was set, that creates a loop nobody closes, whose ResourceWarning
+    then fails a later test. Setting "no loop" for sync tests prevents it."""
+    if not inspect.iscoroutinefunction(request.function):
+        asyncio.set_event_loop(None)
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +26,9 @@ def _quiet_evalexec_logger() -> Iterator[None]:
     logger.setLevel(logging.ERROR)
     yield
     logger.setLevel(before)
+
+
+# Hypothesis profiles: `ci` by default; `pytest --hypothesis-profile=long` for a soak run.
+settings.register_profile("ci", max_examples=200, deadline=None)
+settings.register_profile("long", max_examples=5000, deadline=None)
+settings.load_profile("ci")
