@@ -293,6 +293,35 @@ def test_an_episode_is_also_opened_by_a_timeout() -> None:
     assert controller.target_concurrency == 4
 
 
+def test_an_episode_holds_the_calls_started_before_its_cut() -> None:
+    """Given the refused call's start time, only calls started after the last cut cut again."""
+    clock = Clock()
+    controller = make(clock, initial_target=8, episode_seconds=10, collapse_error_threshold=0)
+    controller.observe_inflight(8)
+    clock.at(1.0)
+    controller.record_error(started_at=0.5)
+    assert controller.target_concurrency == 4
+    clock.at(1.5)
+    controller.record_error(started_at=0.9)  # started before the cut at 1.0
+    assert controller.target_concurrency == 4
+    clock.at(2.0)
+    controller.record_error(started_at=1.2)  # started after it: a new signal
+    assert controller.target_concurrency == 2
+    assert list(controller.history) == [(1.0, 8), (1.0, 4), (2.0, 2)]
+
+
+def test_an_error_within_an_episode_caps_the_target_at_the_calls_in_flight() -> None:
+    clock = Clock()
+    controller = make(clock, initial_target=8, episode_seconds=10, collapse_error_threshold=0)
+    controller.observe_inflight(8)
+    clock.at(1.0)
+    controller.record_error(started_at=0.5)
+    controller.observe_inflight(3)
+    clock.at(1.5)
+    controller.record_error(started_at=0.9)
+    assert controller.target_concurrency == 3
+
+
 def test_saturation_lets_a_window_grow_only_if_in_flight_reached_the_share() -> None:
     clock = Clock()
     controller = make(clock, max_concurrency=20, initial_target=10, increase_step=1, saturation=0.8)

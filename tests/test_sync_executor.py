@@ -418,6 +418,23 @@ def test_the_first_signal_interrupts_the_call_in_flight_and_keeps_finished_outpu
     assert statuses(details) == [S.COMPLETED] * 2 + [S.DID_NOT_RUN] * 3
 
 
+def test_a_signal_while_inputs_are_drawn_stops_the_run_before_the_next_call() -> None:
+    class Signalling(SizedOnly):
+        def __iter__(self) -> Iterator[Any]:
+            for item in self.items:
+                if item == "c":
+                    kill_self(signal.SIGUSR1)
+                yield item
+
+    time = FakeTime()
+    fake = TimedFake(time)
+    sync = executor(fake, time, termination_signal=signal.SIGUSR1)
+    outputs, details = sync.run(Signalling(["a", "b", "c", "d"]))
+    assert fake.items_called == ["a", "b"]
+    assert outputs == ["out:a", "out:b", _unset, _unset]
+    assert statuses(details) == [S.COMPLETED] * 2 + [S.DID_NOT_RUN] * 2
+
+
 def test_a_signal_during_a_backoff_sleep_stops_the_run() -> None:
     time = FakeTime()
     fake = TimedFake(time, {"b": [("rate_limit", 0.0), ("ok", 0.0)]})
