@@ -288,6 +288,16 @@ def test_retry_after_wins_over_reset_headers() -> None:
     assert retry_hint_seconds(WithHeaders(headers)) == 2.0
 
 
+def test_a_garbage_retry_after_falls_back_to_the_reset_headers() -> None:
+    headers = {"retry-after": "soon", "x-ratelimit-reset-requests": "2s"}
+    assert retry_hint_seconds(WithHeaders(headers)) == 2.0
+
+
+def test_fatal_errors_carry_no_hint() -> None:
+    exc = APIStatusError(status_code=400, headers={"retry-after": "5"})
+    assert classify_error(exc) == ErrorReport(ErrorKind.FATAL, 400)
+
+
 def test_anthropic_reset_timestamps_are_the_time_until_then() -> None:
     headers = {
         "anthropic-ratelimit-requests-reset": "2015-10-21T07:28:00Z",
