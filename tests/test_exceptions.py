@@ -396,6 +396,7 @@ def test_the_wait_is_at_least_the_hint() -> None:
     assert backoff.delay(1, hint=7.0, rng=never) == 7.0
     assert backoff.delay(5, hint=3.0, rng=never) == 16.0
     assert backoff.delay(1, hint=0.0, rng=always) == 0.5
+    assert backoff.delay(1, hint=120.0, rng=never) == 120.0  # the hint beats the maximum
 
 
 @pytest.mark.parametrize(

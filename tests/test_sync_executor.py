@@ -307,6 +307,25 @@ def test_a_deadline_stops_the_run_before_the_next_attempt() -> None:
     assert time.now == 12.0
 
 
+def test_a_deadline_shortens_a_long_backoff_sleep_and_stops_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="evalexec")
+
+    def gen(item: str) -> str:
+        raise RateLimitError("x", retry_after=120.0)
+
+    time = FakeTime()
+    time.now = 100.0
+    outputs, details = executor(gen, time, deadline=10.0).run(["a", "b"])
+    assert time.sleeps == [10.0]
+    assert outputs == [_unset, _unset]
+    assert statuses(details) == [S.DID_NOT_RUN, S.DID_NOT_RUN]
+    assert "the deadline of 10.0 s passed; the run was stopped" in [
+        r.getMessage().removeprefix("evalexec: ") for r in caplog.records
+    ]
+
+
 # -- inputs -------------------------------------------------------------------------------
 
 
