@@ -438,4 +438,4 @@ def test_bad_arguments_are_refused_with_a_clear_message(
 
 def test_all_arguments_are_keyword_only() -> None:
     with pytest.raises(TypeError):
-        ConcurrencyController(10, 4)  # type: ignore[misc]
+        ConcurrencyController(10, 4)  # type: ignore[call-arg]

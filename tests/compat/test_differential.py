@@ -202,11 +202,12 @@ def families(scenario: Scenario) -> list[str]:
     return list(FAMILIES) if uses_phoenix_exceptions(scenario) else [next(iter(FAMILIES))]
 
 
-CASES = [
-    pytest.param(scenario, family, id=f"{scenario.name} / {family}")
+CASE_ARGS: list[tuple[str, Scenario, str]] = [
+    (f"{scenario.name} / {family}", scenario, family)
     for scenario in SCENARIOS
     for family in families(scenario)
 ]
+CASES = [pytest.param(scenario, family, id=case_id) for case_id, scenario, family in CASE_ARGS]
 
 
 def run_async_phoenix(scenario: Scenario, classes: dict[str, type[Exception]]) -> Result:
@@ -245,12 +246,10 @@ def run_sync_evalexec(
 def phoenix_async_results() -> Iterator[dict[str, Future[Result]]]:
     """Phoenix's async runs take a second or two each, mostly asleep: run them all at
     once, each in its own thread with its own event loop (and no signal handler)."""
-    with ThreadPoolExecutor(max_workers=len(CASES)) as pool:
+    with ThreadPoolExecutor(max_workers=len(CASE_ARGS)) as pool:
         yield {
-            case.id: pool.submit(run_async_phoenix, scenario, FAMILIES[family][0])
-            for case in CASES
-            for scenario, family in [case.values]
-            if case.id is not None
+            case_id: pool.submit(run_async_phoenix, scenario, FAMILIES[family][0])
+            for case_id, scenario, family in CASE_ARGS
         }
 
 
