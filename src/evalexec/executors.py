@@ -23,7 +23,6 @@ from collections.abc import (
     Callable,
     Generator,
     Iterable,
-    Iterator,
 )
 from enum import Enum
 from typing import Any, Protocol
@@ -876,11 +875,8 @@ class SyncExecutor:
         total = _sized_len(inputs)
         outputs = [self.fallback_return_value] * total
         details = [ExecutionDetails() for _ in range(total)]
-
-        def keep(index: int, output: Any, _details: ExecutionDetails) -> None:
-            outputs[index] = output
-
-        self._drive(inputs, total, details, keep)
+        for _ in self._steps(inputs, total, details, outputs, stream=False):
+            pass
         return outputs, details
 
     def stream(
@@ -894,42 +890,34 @@ class SyncExecutor:
         ):
             _sized_len(inputs)
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
-        results: list[tuple[int, Any, ExecutionDetails]] = []
-
-        def emit(index: int, output: Any, details: ExecutionDetails) -> None:
-            results.append((index, output, details))
-
-        for _ in self._steps(inputs, total, None, emit):
-            yield from results
-            results.clear()
-
-    def _drive(
-        self,
-        inputs: Iterable[Any],
-        total: int | None,
-        details: list[ExecutionDetails] | None,
-        on_final: _OnFinal,
-    ) -> None:
-        for _ in self._steps(inputs, total, details, on_final):
-            pass
+        yield from self._steps(inputs, total, None, None, stream=True)
 
     def _steps(
         self,
         inputs: Iterable[Any],
         total: int | None,
         details: list[ExecutionDetails] | None,
-        on_final: _OnFinal,
-    ) -> Iterator[None]:
-        """Run the inputs one by one, yielding after each one reached a final status."""
+        outputs: list[Any] | None,
+        *,
+        stream: bool,
+    ) -> Generator[tuple[int, Any, ExecutionDetails], None, None]:
+        """Run the inputs one by one; when `stream`, yield each as it becomes final.
+
+        The first attempt of an input is inlined: a run of cheap calls spends its time
+        in the function, not in bookkeeping. Retries go through `_run_one`.
+        """
         self._stop_reason = None
         self._in_call = False
-        started = self._clock()
+        clock = self._clock
+        generate = self.generate
+        started = clock()
         stop_at = math.inf if self.deadline is None else started + self.deadline
         retries = 0
         drawn = 0
-        tally = _Tally()
+        completed = ExecutionStatus.COMPLETED
         checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
-        progress = Progress(total, self.tqdm_bar_format, lambda: f"retries={retries}", self._clock)
+        progress = Progress(total, self.tqdm_bar_format, lambda: f"retries={retries}", clock)
+        tally = _Tally() if progress.shown else None
         try:
             with termination_handler(self.termination_signal, self._on_signal):
                 for index, item in enumerate(inputs):
@@ -948,22 +936,42 @@ class SyncExecutor:
                         output, record = stored
                         if details is not None:
                             details[index] = record
+                    else:
+                        record = ExecutionDetails() if details is None else details[index]
+                        start = clock()
+                        if start >= stop_at:
+                            self._stop_reason = "deadline"
+                            break
+                        error: Exception | None = None
+                        self._in_call = True
+                        try:
+                            output = generate(item)
+                        except _Interrupted:
+                            record.execution_seconds += clock() - start
+                            break
+                        except Exception as exc:
+                            error = exc
+                        finally:
+                            self._in_call = False
+                        record.execution_seconds += clock() - start
+                        if error is None:
+                            record.status = completed
+                        else:
+                            finished, output, tries = self._retry(
+                                index, item, record, stop_at, error
+                            )
+                            retries += tries
+                            if not finished:
+                                break
+                        if checkpoint is not None:
+                            checkpoint.record(index, item, output, record)
+                    if outputs is not None:
+                        outputs[index] = output
+                    if tally is not None:
                         tally.add(record.status)
-                        on_final(index, output, record)
                         progress.advance()
-                        yield
-                        continue
-                    record = ExecutionDetails() if details is None else details[index]
-                    finished, output, tries = self._run_one(index, item, record, stop_at)
-                    retries += tries
-                    if not finished:
-                        break
-                    tally.add(record.status)
-                    if checkpoint is not None:
-                        checkpoint.record(index, item, output, record)
-                    on_final(index, output, record)
-                    progress.advance()
-                    yield
+                    if stream:
+                        yield index, output, record
                     if record.status is ExecutionStatus.FAILED and (
                         self.exit_on_error or self._stop_reason is not None
                     ):
@@ -981,20 +989,42 @@ class SyncExecutor:
                 logger.warning(
                     "evalexec: the deadline of %s s passed; the run was stopped", self.deadline
                 )
-            inputs_seen = drawn if total is None else total
-            progress.close(tally.summary(inputs_seen, retries, self._clock() - started))
+            if tally is not None:
+                inputs_seen = drawn if total is None else total
+                progress.close(tally.summary(inputs_seen, retries, clock() - started))
 
-    def _run_one(
-        self, index: int, item: Any, details: ExecutionDetails, stop_at: float
+    def _retry(
+        self, index: int, item: Any, details: ExecutionDetails, stop_at: float, error: Exception
     ) -> tuple[bool, Any, int]:
-        """Attempt one input until it is final; returns (finished, output, retries)."""
+        """Handle a failed attempt and retry until the input is final.
+
+        Returns ``(finished, output, retries)``; not finished when the run was stopped.
+        """
         errors = 0
         while True:
-            if self._clock() >= stop_at:
+            details.log_exception(error)
+            verdict = decide(error, errors, self.max_retries, self.backoff)
+            if not verdict.retry:
+                details.fail()
+                logger.warning("input %d FAILED after %d attempts: %r", index, errors + 1, error)
+                if verdict.stop_run:
+                    self._stop_reason = "quota exhausted"
+                    logger.error(
+                        "evalexec: stopping the run: the provider says the quota is "
+                        "exhausted (%r); retrying cannot help",
+                        error,
+                    )
+                return True, self.fallback_return_value, errors
+            errors += 1
+            wait = max(verdict.delay, verdict.cooldown or 0.0)
+            logger.info("attempt %d raised %r; retrying in %.2f s", errors, error, wait)
+            if wait > 0 and not self._pause(min(wait, stop_at - self._clock())):
+                return False, None, errors
+            start = self._clock()
+            if start >= stop_at:
                 self._stop_reason = "deadline"
             if self._stop_reason is not None:
                 return False, None, errors
-            start = self._clock()
             try:
                 self._in_call = True
                 try:
@@ -1006,24 +1036,7 @@ class SyncExecutor:
                 return False, None, errors
             except Exception as exc:
                 details.execution_seconds += self._clock() - start
-                details.log_exception(exc)
-                verdict = decide(exc, errors, self.max_retries, self.backoff)
-                if not verdict.retry:
-                    details.fail()
-                    logger.warning("input %d FAILED after %d attempts: %r", index, errors + 1, exc)
-                    if verdict.stop_run:
-                        self._stop_reason = "quota exhausted"
-                        logger.error(
-                            "evalexec: stopping the run: the provider says the quota is "
-                            "exhausted (%r); retrying cannot help",
-                            exc,
-                        )
-                    return True, self.fallback_return_value, errors
-                errors += 1
-                wait = max(verdict.delay, verdict.cooldown or 0.0)
-                logger.info("attempt %d raised %r; retrying in %.2f s", errors, exc, wait)
-                if wait > 0 and not self._pause(min(wait, stop_at - self._clock())):
-                    return False, None, errors
+                error = exc
                 continue
             details.execution_seconds += self._clock() - start
             details.complete()
