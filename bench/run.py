@@ -153,7 +153,7 @@ def run_pair(scenario: str, impl: str, quick: bool, limit: float) -> Row:
                     impl,
                     "TIMEOUT",
                     wall=time.perf_counter() - start,
-                    notes=[f"TIMEOUT: killed after {limit:g} s"],
+                    notes=[f"killed after {limit:g} s"],
                 )
         if out.exists():
             data = json.loads(out.read_text())
@@ -172,6 +172,8 @@ def compare_with_floor(rows: list[Row]) -> None:
         floor_wall = floors.get(r.scenario)
         if r.impl == "floor" or r.status != "ok" or not floor_wall or r.wall is None:
             continue
+        if r.extra.get("paired_with_floor"):
+            continue  # efficiency already compares with the floor, in the same process
         r.notes.append(f"wall {100.0 * (r.wall / floor_wall - 1):+.1f}% vs floor")
         r.extra["vs_floor"] = r.wall / floor_wall
 
@@ -234,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = args.scenario or list(SCENARIOS)
     impls = args.impl or list(IMPLS)
     rows: list[Row] = []
+    load = os.getloadavg()
     started = time.perf_counter()
     for name in scenarios:
         for impl in impls:
@@ -254,13 +257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n{MEM_LABEL}: max RSS of the worker process minus its RSS before the scenario;"
         f" the memory row's notes use tracemalloc. * = not every input completed: efficiency"
         f" is then goodput (completed/N x ideal/wall). Total {elapsed:.0f} s"
-        f"{' (quick)' if args.quick else ''}."
+        f"{' (quick)' if args.quick else ''}; load average at start"
+        f" {load[0]:.2f} on {os.cpu_count()} CPUs (real-time rows are sensitive to other load)."
     )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "quick": args.quick,
         "python": sys.version.split()[0],
         "elapsed_seconds": elapsed,
+        "load_average_at_start": load,
+        "cpus": os.cpu_count(),
         "rows": [asdict(r) for r in rows],
     }
     args.json.write_text(json.dumps(payload, indent=2))
