@@ -109,6 +109,7 @@ class ConcurrencyController:
         self._window_started_at: float | None = None
         self._window_successes = 0
         self._window_issues = 0
+        self._window_stalls = 0  # timeouts that pause growth without cutting
         self._window_peak_inflight = 0
         self._episode_until = -math.inf
         self._last_cut_at = -math.inf
@@ -161,7 +162,7 @@ class ConcurrencyController:
         if self._timeouts_cut:
             self._issue(now)
         else:
-            self._window_issues += 1
+            self._window_stalls += 1
             self._slow_start = False
         self._maybe_close_window(now)
 
@@ -234,12 +235,16 @@ class ConcurrencyController:
         if self._window_issues:
             if self._episode_seconds <= 0:
                 self._set_target(self._cut(now), now)
-        elif self._window_peak_inflight >= self._saturation * self.target_concurrency:
+        elif (
+            not self._window_stalls
+            and self._window_peak_inflight >= self._saturation * self.target_concurrency
+        ):
             grown = self._target * 2 if self._slow_start else self._target + self._increase_step
             self._set_target(grown, now)
         self._window_started_at = now
         self._window_successes = 0
         self._window_issues = 0
+        self._window_stalls = 0
         self._window_peak_inflight = 0
 
     def _set_target(self, target: float, now: float) -> None:

@@ -267,30 +267,34 @@ class _Run:
         self.own_controller = isinstance(controller, ConcurrencyController)
         if controller is not None and not self.own_controller:
             self.target_poll = float(getattr(controller, "inactive_check_interval", 1.0))
-        self.last_target = self.target()
+        self.last_target = self._read_target()
         self.target_raised = asyncio.Event()
         self.room_freed = asyncio.Event()
         self.room_waiters = 0
         self.progress = Progress(total, executor.tqdm_bar_format, self.status_text, loop.time)
 
     # -- gating -------------------------------------------------------------------------
-    def target(self) -> int:
+    def _read_target(self) -> int:
         controller = self.controller
         if controller is None:
             return self.executor.concurrency
         return max(1, int(controller.target_concurrency))
+
+    def target(self) -> int:
+        # Our controller changes only when told of an event, after which we look.
+        return self.last_target if self.own_controller else self._read_target()
 
     def may_dispatch(self, worker_index: int) -> bool:
         target = self.target()
         return (
             worker_index < target
             and self.inflight < target
-            and self.loop.time() >= self.paused_until
+            and (self.paused_until == -math.inf or self.loop.time() >= self.paused_until)
         )
 
     def look_at_target(self) -> None:
         """Wake gated workers if the target rose."""
-        target = self.target()
+        target = self._read_target()
         if target > self.last_target:
             self.target_raised.set()
             self.target_raised = asyncio.Event()
@@ -318,6 +322,7 @@ class _Run:
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
+            self.paused_until = -math.inf
             target = self.target()
             if worker_index >= target:
                 await self._wait_for_raise(worker_index == target)
@@ -1043,7 +1048,9 @@ class SyncExecutor:
             return True, output, errors
 
     def _pause(self, seconds: float) -> bool:
-        """Sleep between attempts; False if a termination signal cut the sleep short."""
+        """Sleep between attempts; False if the run was asked to stop, before or during it."""
+        if self._stop_reason is not None:
+            return False
         if seconds <= 0:
             return True
         try:
