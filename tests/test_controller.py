@@ -439,3 +439,13 @@ def test_bad_arguments_are_refused_with_a_clear_message(
 def test_all_arguments_are_keyword_only() -> None:
     with pytest.raises(TypeError):
         ConcurrencyController(10, 4)  # type: ignore[call-arg]
+
+
+def test_timeouts_that_do_not_cut_never_cut_without_episodes() -> None:
+    """With `timeouts_cut=False` a window holding only a timeout neither cuts nor grows."""
+    clock = Clock()
+    controller = make(clock, initial_target=8, timeouts_cut=False)
+    events(controller, clock, (0.0, "timeout"), (5.0, "ok"))
+    assert controller.target_concurrency == 8
+    events(controller, clock, (10.0, "ok"))
+    assert controller.target_concurrency == 9

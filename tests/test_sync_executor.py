@@ -719,3 +719,27 @@ def test_leaving_a_stream_early_restores_the_handler() -> None:
         assert index == 0
         break
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+class SignalsWhileClassified(Exception):
+    """A 429 whose classification is where the signal lands: after the attempt, before
+    the backoff sleep."""
+
+    @property
+    def status_code(self) -> int:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return 429
+
+
+def test_a_signal_between_a_failed_attempt_and_its_backoff_skips_the_sleep() -> None:
+    sleeps: list[float] = []
+
+    def gen(item: str) -> str:
+        raise SignalsWhileClassified("429")
+
+    sync = SyncExecutor(
+        gen, termination_signal=signal.SIGUSR1, sleep=sleeps.append, backoff=Backoff(jitter=0.0)
+    )
+    _, details = sync.run(["a", "b"])
+    assert [d.status for d in details] == [ExecutionStatus.DID_NOT_RUN] * 2
+    assert sleeps == []
