@@ -444,7 +444,7 @@ def test_all_arguments_are_keyword_only() -> None:
 def test_timeouts_that_do_not_cut_never_cut_without_episodes() -> None:
     """With `timeouts_cut=False` a window holding only a timeout neither cuts nor grows."""
     clock = Clock()
-    controller = make(clock, initial_target=8, timeouts_cut=False)
+    controller = make(clock, initial_target=8, increase_step=1, timeouts_cut=False)
     events(controller, clock, (0.0, "timeout"), (5.0, "ok"))
     assert controller.target_concurrency == 8
     events(controller, clock, (10.0, "ok"))
