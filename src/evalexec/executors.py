@@ -23,6 +23,7 @@ from collections.abc import (
     Callable,
     Generator,
     Iterable,
+    Sized,
 )
 from enum import Enum
 from typing import Any, Protocol
@@ -168,6 +169,13 @@ def _sized_len(inputs: object) -> int:
             f"{type(inputs).__name__}; for a generator, use the executor's stream() method "
             "or pass list(inputs)"
         ) from None
+
+
+def _stream_len(inputs: object) -> int | None:
+    """The number of inputs of a stream, or None for an iterable of unknown length."""
+    if isinstance(inputs, Iterable) and not isinstance(inputs, str | bytes | bytearray):
+        return len(inputs) if isinstance(inputs, Sized) else None
+    return _sized_len(inputs)  # raises the same clear error as execute()
 
 
 class _Tally:
@@ -564,13 +572,7 @@ class AsyncExecutor:
         stops the run; ``await`` the iterator's ``aclose()`` (or use
         ``contextlib.aclosing``) to wait for the in-flight calls to be cancelled.
         """
-        if (
-            inputs is None
-            or isinstance(inputs, str | bytes | bytearray)
-            or not isinstance(inputs, Iterable)
-        ):
-            _sized_len(inputs)  # raises the same clear error as execute()
-        total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
+        total = _stream_len(inputs)
         results: asyncio.Queue[tuple[int, Any, ExecutionDetails] | None] = asyncio.Queue()
         # A slow reader holds the window: results not yet taken count as in play.
         room = asyncio.Semaphore(4 * self.concurrency)
@@ -888,13 +890,7 @@ class SyncExecutor:
         self, inputs: Iterable[Any]
     ) -> Generator[tuple[int, Any, ExecutionDetails], None, None]:
         """Yield ``(index, output, details)`` for each input as soon as it is final."""
-        if (
-            inputs is None
-            or isinstance(inputs, str | bytes | bytearray)
-            or not isinstance(inputs, Iterable)
-        ):
-            _sized_len(inputs)
-        total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
+        total = _stream_len(inputs)
         yield from self._steps(inputs, total, None, None, stream=True)
 
     def _steps(
