@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -36,7 +37,7 @@ if __package__ in (None, ""):  # `python bench/run.py` also works
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.impls import IMPLS, ImplUnavailable, load_module
-from bench.scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS, SEED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
@@ -72,6 +73,7 @@ def _rss_kib() -> int:
 def worker(scenario: str, impl: str, quick: bool, out: Path) -> int:
     """Run one pair in this process and write its Row as JSON to `out`."""
     spec = SCENARIOS[scenario]
+    random.seed(SEED)  # executors' own jitter (global `random`) repeats from run to run
     if impl != "floor" and impl not in spec.skip:
         # Import first, so the memory column does not count the import itself.
         with contextlib.suppress(ImplUnavailable):
