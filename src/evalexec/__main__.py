@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--inputs", type=int, default=300, help="number of rows (default 300)")
     demo.add_argument("--concurrency", type=int, default=20, help="workers (default 20)")
     demo.add_argument(
-        "--rpm", type=float, default=1200.0, help="the provider's requests per minute (1200)"
+        "--rpm", type=float, default=1500.0, help="the provider's requests per minute (1500)"
     )
     demo.add_argument("--latency", type=float, default=0.25, help="median seconds per call (0.25)")
     args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ class SimulatedProvider:
     finds it empty fails at once with a 429 that carries a ``retry-after`` hint.
     """
 
-    requests_per_minute: float = 1200.0
+    requests_per_minute: float = 1500.0
     burst: int = 10
     latency_seconds: float = 0.25
     error_rate: float = 0.03
