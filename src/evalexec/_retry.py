@@ -21,9 +21,10 @@ class Backoff:
     """Exponential backoff with jitter for rate-limit and transient errors.
 
     The n-th retry of an input waits ``initial * multiplier ** (n - 1)`` seconds,
-    capped at ``maximum``, shortened at random by up to ``jitter`` (a fraction), and
-    never less than the provider's retry hint. Other errors are retried at once, as
-    Phoenix does. The wait happens off the worker: other inputs keep flowing.
+    capped at ``maximum`` and shortened at random by up to ``jitter`` (a fraction).
+    When the provider says how long to wait (a retry hint), that is the wait instead.
+    Other errors are retried at once, as Phoenix does. The wait happens off the
+    worker: other inputs keep flowing.
     """
 
     initial: float = 1.0
@@ -41,14 +42,11 @@ class Backoff:
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"Backoff.jitter must be in [0, 1], got {self.jitter!r}")
 
-    def delay(
-        self, retry: int, hint: float | None = None, rng: Callable[[], float] = random.random
-    ) -> float:
+    def delay(self, retry: int, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the first retry)."""
         exponent = min(max(retry - 1, 0), 64)
         base = min(self.maximum, self.initial * self.multiplier**exponent)
-        wait = base * (1.0 - self.jitter * rng())
-        return wait if hint is None else max(wait, hint)
+        return base * (1.0 - self.jitter * rng())
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +78,10 @@ def decide(
         return Verdict(report, retry=False, stop_run=kind is ErrorKind.QUOTA_EXHAUSTED)
     if retries_so_far >= max_retries:
         return Verdict(report, retry=False, cooldown=cooldown)
-    if kind is ErrorKind.OTHER:
+    if report.retry_after is not None:
+        delay = report.retry_after  # the provider said how long: believe it
+    elif kind is ErrorKind.OTHER or backoff is None:
         delay = 0.0
-    elif backoff is None:
-        delay = report.retry_after or 0.0
     else:
-        delay = backoff.delay(retries_so_far + 1, report.retry_after, rng)
+        delay = backoff.delay(retries_so_far + 1, rng)
     return Verdict(report, retry=True, delay=delay, cooldown=cooldown)
