@@ -180,7 +180,8 @@ class ConcurrencyController:
         self._maybe_close_window(now)
 
     def observe_inflight(self, inflight: int) -> None:
-        """Report the number of calls in flight now, each time it changes.
+        """Report the number of calls in flight now: when a call starts (for the peak)
+        and just before `record_error` (for the cap below).
 
         Used by the ``saturation`` gate, and with ``goodput_floor`` a cut never leaves
         the target above the calls in flight when the provider refused one.

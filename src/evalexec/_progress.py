@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -11,16 +13,18 @@ from tqdm.auto import tqdm
 __all__ = ["Progress"]
 
 _STATUS_EVERY_SECONDS = 0.25
+_SUMMARY_ORDER = ("COMPLETED", "COMPLETED WITH RETRIES", "FAILED")
 
 
 class Progress:
     """A `tqdm.auto` bar whose postfix shows the run's live status.
 
     ``status`` builds the postfix text; it is called at most every 0.25 s of
-    ``clock`` time, so a fast run does not spend its time formatting strings.
+    ``clock`` time, so a fast run does not spend its time formatting strings. It
+    counts the final statuses it is told of, for the summary line written at the end.
     """
 
-    __slots__ = ("_bar", "_clock", "_last_status", "_status")
+    __slots__ = ("_bar", "_clock", "_counts", "_last_status", "_status")
 
     def __init__(
         self,
@@ -32,6 +36,7 @@ class Progress:
         self._status = status
         self._clock = clock
         self._last_status = -_STATUS_EVERY_SECONDS
+        self._counts: Counter[str] = Counter()
         self._bar: Any = None
         if bar_format is not None:
             self._bar = tqdm(total=total, bar_format=bar_format)
@@ -45,11 +50,12 @@ class Progress:
         """The status text currently shown (empty when there is no bar)."""
         return "" if self._bar is None else str(self._bar.postfix or "")
 
-    def advance(self) -> None:
-        """One more input reached its final status."""
+    def advance(self, status: enum.Enum) -> None:
+        """One more input reached its final `status`."""
         bar = self._bar
         if bar is None:
             return
+        self._counts[status.value] += 1
         bar.update()
         self.refresh()
 
@@ -66,11 +72,14 @@ class Progress:
         """Print a line for the user without breaking the bar."""
         tqdm.write(message, file=sys.stderr)
 
-    def close(self, summary: str | None = None) -> None:
+    def close(self, inputs: int, retries: int, seconds: float) -> None:
+        """Close the bar and write the summary line: counts of each status of `inputs`."""
         bar = self._bar
         if bar is None:
             return
         self.refresh(force=True)
         bar.close()
-        if summary:
-            self.write(summary)
+        counts = [(status, self._counts[status]) for status in _SUMMARY_ORDER]
+        counts.append(("DID NOT RUN", max(0, inputs - sum(self._counts.values()))))
+        parts = ", ".join(f"{count} {status.lower()}" for status, count in counts)
+        self.write(f"evalexec: {parts}; {retries} retries; {seconds:.1f} s")

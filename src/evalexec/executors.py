@@ -178,30 +178,6 @@ def _stream_len(inputs: object) -> int | None:
     return _sized_len(inputs)  # raises the same clear error as execute()
 
 
-class _Tally:
-    """How many inputs reached each final status: the run's one-line summary."""
-
-    __slots__ = ("counts",)
-
-    _FINAL = (
-        ExecutionStatus.COMPLETED,
-        ExecutionStatus.COMPLETED_WITH_RETRIES,
-        ExecutionStatus.FAILED,
-    )
-
-    def __init__(self) -> None:
-        self.counts = dict.fromkeys(self._FINAL, 0)
-
-    def add(self, status: ExecutionStatus) -> None:
-        self.counts[status] += 1
-
-    def summary(self, inputs: int, retries: int, seconds: float) -> str:
-        not_run = max(0, inputs - sum(self.counts.values()))
-        parts = [f"{count} {status.value.lower()}" for status, count in self.counts.items()]
-        parts.append(f"{not_run} {ExecutionStatus.DID_NOT_RUN.value.lower()}")
-        return f"evalexec: {', '.join(parts)}; {retries} retries; {seconds:.1f} s"
-
-
 # --------------------------------------------------------------------------------------
 # AsyncExecutor
 
@@ -249,7 +225,6 @@ class _Run:
         # passes its own `room`, not yet taken by its reader).
         self.room = asyncio.Semaphore(window) if room is None else room
         self.release_room = room is None
-        self.tally = _Tally()
         self.stopped = asyncio.Event()
         self.ending = False
         self.stop_reason: str | None = None
@@ -315,8 +290,6 @@ class _Run:
 
     def attempt_ended(self) -> None:
         self.inflight -= 1
-        if self.observe_inflight is not None:
-            self.observe_inflight(self.inflight)
         if self.room_waiters:
             self.room_freed.set()
             self.room_freed = asyncio.Event()
@@ -371,6 +344,8 @@ class _Run:
             self.look_at_target()
 
     def record_error(self, started_at: float) -> None:
+        if self.observe_inflight is not None:
+            self.observe_inflight(self.inflight)  # what was in flight when it was refused
         if self.own_controller:
             self.controller.record_error(started_at=started_at)
         elif self.controller is not None:
@@ -392,11 +367,10 @@ class _Run:
             self.details[index] = details
         self.produced += 1
         self.finished += 1
-        self.tally.add(details.status)
         if self.release_room:
             self.room.release()
         self.on_final(index, output, details)
-        self.progress.advance()
+        self.progress.advance(details.status)
 
     def requeue(self, work: _Work, delay: float) -> None:
         if delay > 0:
@@ -411,7 +385,6 @@ class _Run:
     def finish(self, work: _Work, output: Any) -> None:
         """`work` reached its final status (COMPLETED, COMPLETED_WITH_RETRIES or FAILED)."""
         self.finished += 1
-        self.tally.add(work.details.status)
         if self.release_room:
             self.room.release()
         if self.checkpoint is not None:
@@ -420,7 +393,7 @@ class _Run:
             except CheckpointError as exc:
                 self.crash(exc)
         self.on_final(work.index, output, work.details)
-        self.progress.advance()
+        self.progress.advance(work.details.status)
         self.end_if_done()
 
     def end_if_done(self) -> None:
@@ -793,7 +766,7 @@ class AsyncExecutor:
                 handle.cancel()
             inputs_seen = run.produced if run.total is None else run.total
             seconds = loop.time() - run.started_at
-            run.progress.close(run.tally.summary(inputs_seen, run.retries, seconds))
+            run.progress.close(inputs_seen, run.retries, seconds)
         if run.stop_reason == "deadline":
             logger.warning(
                 "evalexec: the deadline of %s s passed; the run was stopped", self.deadline
@@ -918,7 +891,6 @@ class SyncExecutor:
         completed = ExecutionStatus.COMPLETED
         checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
         progress = Progress(total, self.tqdm_bar_format, lambda: f"retries={retries}", clock)
-        tally = _Tally() if progress.shown else None
         try:
             with termination_handler(self.termination_signal, self._on_signal):
                 for index, item in enumerate(inputs):
@@ -968,9 +940,7 @@ class SyncExecutor:
                             checkpoint.record(index, item, output, record)
                     if outputs is not None:
                         outputs[index] = output
-                    if tally is not None:
-                        tally.add(record.status)
-                        progress.advance()
+                    progress.advance(record.status)
                     if stream:
                         yield index, output, record
                     if record.status is ExecutionStatus.FAILED and (
@@ -990,9 +960,8 @@ class SyncExecutor:
                 logger.warning(
                     "evalexec: the deadline of %s s passed; the run was stopped", self.deadline
                 )
-            if tally is not None:
-                inputs_seen = drawn if total is None else total
-                progress.close(tally.summary(inputs_seen, retries, clock() - started))
+            inputs_seen = drawn if total is None else total
+            progress.close(inputs_seen, retries, clock() - started)
 
     def _retry(
         self, index: int, item: Any, details: ExecutionDetails, stop_at: float, error: Exception
