@@ -29,7 +29,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 # Outcomes of a call, as recorded.
@@ -130,6 +130,10 @@ class Latency:
         value = rng.lognormvariate(math.log(self.median), self.sigma)
         return min(self.high, max(self.low, value))
 
+    def compressed(self, k: float) -> Latency:
+        """The same distribution with every duration divided by `k` (same shape, sigma)."""
+        return Latency(self.median / k, self.sigma, self.low / k, self.high / k)
+
 
 @dataclass(frozen=True)
 class ProviderConfig:
@@ -151,6 +155,25 @@ class ProviderConfig:
     quota_exhausted: bool = False
     quota_latency: float = 0.5
     seed: int = 0
+
+    def compressed(self, k: float) -> ProviderConfig:
+        """This provider with time running `k` times faster: every duration (latencies,
+        reject and quota latencies, hangs, retry hints) divided by `k`, the request rate
+        multiplied by `k`. Counts (bucket capacity, in-flight limit) and the fault plan's
+        draws are unchanged, so input x gets the same outcome and latency / k.
+        `k == 1` returns this very config."""
+        if k == 1:
+            return self
+        rpm = self.requests_per_minute
+        return replace(
+            self,
+            latency=self.latency.compressed(k),
+            requests_per_minute=None if rpm is None else rpm * k,
+            reject_latency=self.reject_latency / k,
+            hang_seconds=self.hang_seconds / k,
+            retry_after=None if self.retry_after is None else self.retry_after / k,
+            quota_latency=self.quota_latency / k,
+        )
 
 
 class FaultPlan:
@@ -305,8 +328,10 @@ class _ProviderBase:
                 return False, cfg.retry_after
         return True, None
 
-    def report(self) -> ProviderReport:
-        return build_report(self.records, self.config)
+    def report(self, minute: float = 60.0) -> ProviderReport:
+        """The run's report; `minute` is the window of the rate check (60 / k when the
+        provider's time is compressed by k)."""
+        return build_report(self.records, self.config, minute)
 
     def ideal_attempts(self, items: Iterable[Hashable], max_attempts: int) -> int:
         return sum(self.plan.attempts_until_ok(item, max_attempts)[0] for item in items)
@@ -480,7 +505,11 @@ def dispatched_during_hints(records: list[CallRecord]) -> int:
     return count
 
 
-def build_report(records: list[CallRecord], config: ProviderConfig) -> ProviderReport:
+def build_report(
+    records: list[CallRecord], config: ProviderConfig, minute: float = 60.0
+) -> ProviderReport:
+    """Summarise `records`. The rate check counts accepted calls in any window of
+    `minute` seconds against the tokens the bucket can give in it."""
     outcomes = Counter(r.outcome for r in records)
     ends = [r.end for r in records if r.end is not None]
     horizon = max(ends) if ends else 0.0
@@ -491,13 +520,13 @@ def build_report(records: list[CallRecord], config: ProviderConfig) -> ProviderR
     accepted = [span for r, span in zip(records, spans, strict=True) if r.accepted]
     accepted_starts = [r.start for r in records if r.accepted]
     peak_accepted = _peak_overlap(accepted)
-    per_minute = _max_in_window(accepted_starts, 60.0)
+    per_minute = _max_in_window(accepted_starts, minute)
 
     violations: list[str] = []
     if config.max_in_flight is not None and peak_accepted > config.max_in_flight:
         violations.append(f"provider in-flight {peak_accepted} > {config.max_in_flight}")
     if config.requests_per_minute is not None:
-        allowed = config.requests_per_minute + config.bucket_capacity
+        allowed = config.requests_per_minute * minute / 60.0 + config.bucket_capacity
         if per_minute > allowed:
             violations.append(f"provider rate {per_minute}/min > {allowed:g}")
     return ProviderReport(
