@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -159,6 +159,38 @@ class FloorSync:
         return outputs, statuses
 
 
+# The executors' own time constants at their defaults, in seconds.
+EVALEXEC_WINDOW = 5.0  # AsyncExecutor(dynamic_window_seconds=...)
+EVALEXEC_BACKOFF_INITIAL = 1.0  # Backoff(initial=...)
+EVALEXEC_BACKOFF_MAXIMUM = 60.0  # Backoff(maximum=...)
+PHOENIX_WINDOW = 5.0  # AsyncExecutor(dynamic_window_seconds=...); its other waits are fixed
+
+
+def compressed_options(impl: str, k: float) -> dict[str, Any]:
+    """Constructor arguments that run `impl`'s time constants `k` times faster.
+
+    evalexec: the controller's window and the backoff's initial and maximum waits.
+    Phoenix: the controller's window only; its producer's `sleep(1)`, its workers'
+    1 s queue poll, its 30 s collapse window and its idle-worker check (1 s, floored at
+    0.1 s) stay as they are. The floor has no time constants. `k == 1` gives no
+    arguments at all: every implementation keeps its defaults.
+    """
+    if k == 1 or impl == "floor":
+        return {}
+    if impl == "phoenix":
+        return {"dynamic_window_seconds": PHOENIX_WINDOW / k}
+    try:
+        backoff_cls = importlib.import_module("evalexec").Backoff
+    except Exception as exc:
+        raise ImplUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    return {
+        "dynamic_window_seconds": EVALEXEC_WINDOW / k,
+        "backoff": backoff_cls(
+            initial=EVALEXEC_BACKOFF_INITIAL / k, maximum=EVALEXEC_BACKOFF_MAXIMUM / k
+        ),
+    }
+
+
 def make_async(
     impl: str,
     fn: AsyncFn,
@@ -167,8 +199,10 @@ def make_async(
     max_retries: int = 10,
     timeout: float | None = None,
     exit_on_error: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> AsyncRunner:
-    """An async runner of `impl` over `fn`. `timeout=None` keeps each impl's default."""
+    """An async runner of `impl` over `fn`. `timeout=None` keeps each impl's default;
+    `options` are extra constructor arguments for the executor (the floor has none)."""
     if impl == "floor":
         return FloorAsync(
             fn,
@@ -185,6 +219,7 @@ def make_async(
         max_retries=max_retries,
         exit_on_error=exit_on_error,
         timeout=timeout,
+        **(options or {}),
     )
     return _WrappedAsync(executor)
 
