@@ -3,6 +3,8 @@
 Real-time scenarios call the executor's `.run()` and time it with `time.perf_counter()`.
 Virtual-time scenarios (`virtual=True`) build the executors inside a `VirtualEventLoop`
 and `await executor.execute(...)`; their wall is virtual seconds on the loop's clock.
+Each has a `-rt` twin: the same function on a real loop with every time constant of the
+provider and of the executors divided by `COMPRESSION` (see `Timebase`).
 
 The ideal of a scenario is the physical limit set by its own parameters (see README.md).
 """
@@ -17,9 +19,9 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.impls import (
     COMPLETED,
@@ -27,6 +29,7 @@ from bench.impls import (
     FAILED,
     FloorAsync,
     FloorSync,
+    compressed_options,
     load_module,
     make_async,
     make_sync,
@@ -40,6 +43,8 @@ from bench.provider import (
     SyncProvider,
 )
 from bench.vclock import run_virtual
+
+T = TypeVar("T")
 
 SEED = 20240611
 # Latency of the virtual-time scenarios: lognormal, median 1.7 s, clipped to [1, 3] s.
@@ -69,6 +74,10 @@ class Scenario:
     virtual: bool = False
     # Implementations that are not run, with the note to print instead.
     skip: dict[str, str] = field(default_factory=dict)
+    # Real time compressed by this factor (1: not compressed).
+    compression: float = 1.0
+    # The virtual-time scenario this one runs compressed in real time, if any.
+    twin: str | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -479,44 +488,123 @@ def sync429(impl: str, quick: bool) -> Measurement:
     )
 
 
-# ---------------------------------------------------------------- virtual-time scenarios
+# ---------------------------------------------------------------- rate-limit scenarios
+#
+# Each runs on a `Timebase`: virtual time at the original scale (k = 1), or compressed
+# real time (k = COMPRESSION): the same scenario with every duration divided by k.
+
+
+@dataclass(frozen=True)
+class Timebase:
+    """The clock a rate-limit scenario runs on and how compressed its time is.
+
+    `k` divides every duration of the provider (`ProviderConfig.compressed`) and the
+    executors' own time constants (`compressed_options`), and multiplies the provider's
+    request rate; `virtual` runs the scenario on a `VirtualEventLoop`, else on a real
+    one with `time.perf_counter()` as the wall. `Timebase()` is the original scenario.
+    """
+
+    k: float = 1.0
+    virtual: bool = True
+
+    @property
+    def minute(self) -> float:
+        """The provider's minute: 60 s of the original scenario, in this time base."""
+        return 60.0 / self.k
+
+    @property
+    def unit(self) -> str:
+        return "virtual s" if self.virtual else "s"
+
+    def header(self, real: float) -> str:
+        if self.virtual:
+            return f"virtual time (real {real:.1f} s)"
+        return f"real time compressed {self.k:g}x (every time constant / {self.k:g})"
+
+
+VIRTUAL = Timebase()
+# 1.7 s median latency -> 50 ms.
+COMPRESSION = 34.0
+COMPRESSED = Timebase(k=COMPRESSION, virtual=False)
+
+
+def _compression_notes(impl: str, tb: Timebase) -> list[str]:
+    if tb.k == 1 or impl != "phoenix":
+        return []
+    return [
+        f"unscaled Phoenix waits: producer sleep(1) when 3c inputs are queued, 1 s queue poll"
+        f" before a worker exits, 1 s idle-worker check, 30 s collapse window"
+        f" (1 s here = {tb.k:g} s of the virtual scenario)"
+    ]
+
+
+def _run_clocked(main: Callable[[], Awaitable[T]], tb: Timebase) -> tuple[T, float, float]:
+    """Run `main()` on a fresh loop of the time base: (result, wall, real seconds).
+
+    Virtual: the wall is the virtual seconds `main` took. Real: the wall is
+    `time.perf_counter()` around `main` inside the loop (loop set-up and teardown
+    excluded, as they are in virtual time).
+    """
+    if tb.virtual:
+        (result, wall), real = timed(lambda: run_virtual(main))
+        return result, wall, real
+
+    async def clocked() -> tuple[T, float]:
+        start = time.perf_counter()
+        value = await main()
+        return value, time.perf_counter() - start
+
+    (result, wall), real = timed(lambda: asyncio.run(clocked()))
+    return result, wall, real
 
 
 async def _bounded(coro: Any, cap: float) -> tuple[Any, bool]:
-    """Await `coro` for at most `cap` virtual seconds; (result, hung)."""
+    """Await `coro` for at most `cap` seconds of the loop's clock; (result, hung)."""
     try:
         return await asyncio.wait_for(coro, cap), False
     except TimeoutError:
         return None, True
 
 
-def _virtual_single(
+def _default_cap(ideal: float, tb: Timebase) -> float:
+    """How long a run may take before it is cancelled as HUNG."""
+    return max(1800.0 / tb.k, 10 * ideal)
+
+
+def _rate_single(
     impl: str,
     config: ProviderConfig,
     n: int,
     conc: int,
     ideal: float,
+    tb: Timebase,
     *,
     exit_on_error: bool = False,
     scale_by_completion: bool = True,
     cap: float | None = None,
 ) -> tuple[Measurement, ProviderReport, list[str]]:
+    """One executor over `n` inputs against `config` (already compressed to `tb`)."""
     provider = AsyncProvider(config)
     inputs = list(range(n))
-    cap = cap if cap is not None else max(1800.0, 10 * ideal)
+    cap = cap if cap is not None else _default_cap(ideal, tb)
+    options = compressed_options(impl, tb.k)
 
     async def main() -> tuple[Any, bool]:
         runner = make_async(
-            impl, provider.client(""), concurrency=conc, exit_on_error=exit_on_error
+            impl,
+            provider.client(""),
+            concurrency=conc,
+            exit_on_error=exit_on_error,
+            options=options,
         )
         return await _bounded(runner.execute(inputs), cap)
 
-    ((result, hung), virtual_wall), real = timed(lambda: run_virtual(main))
-    report = provider.report()
-    notes = [f"virtual time (real {real:.1f} s)"]
+    (result, hung), wall, real = _run_clocked(main, tb)
+    report = provider.report(tb.minute)
+    notes = [tb.header(real)]
     statuses: list[str] = []
     if hung:
-        notes.append(f"HUNG: no return after {cap:g} virtual s (cancelled)")
+        notes.append(f"HUNG: no return after {cap:g} {tb.unit} (cancelled)")
         done = 0
     else:
         outputs, statuses = result
@@ -524,18 +612,25 @@ def _virtual_single(
         done = completed(statuses)
     notes.append(f"peak in-flight {report.peak_in_flight} (c={conc})")
     notes += provider_notes(report, conc)
-    eff = efficiency(ideal, virtual_wall, done if scale_by_completion else None, n)
+    notes += _compression_notes(impl, tb)
+    eff = efficiency(ideal, wall, done if scale_by_completion else None, n)
     if hung:
         eff = 0.0
     measurement = Measurement(
-        wall=virtual_wall,
+        wall=wall,
         ideal=ideal,
         efficiency=eff,
         incomplete=scale_by_completion and done < n,
         calls=report.calls,
         wasted=report.wasted,
         notes=notes,
-        extra={"real_seconds": real, "hung": hung, "outcomes": report.outcomes},
+        extra={
+            "real_seconds": real,
+            "hung": hung,
+            "outcomes": report.outcomes,
+            "k": tb.k,
+            "n": n,
+        },
     )
     return measurement, report, statuses
 
@@ -545,77 +640,110 @@ def _waste_note(report: ProviderReport) -> str:
     return f"wasted {share:.1f}% of calls ({report.summary()})"
 
 
-def rpm500(impl: str, quick: bool) -> Measurement:
-    n, conc, rpm = (400 if quick else 2000), 20, 500.0
+def _per_minute_note(report: ProviderReport, tb: Timebase) -> str:
+    if tb.k == 1:
+        return f"peak accepted/min {report.max_accepted_per_minute}"
+    peak = report.max_accepted_per_minute
+    return f"peak accepted per {tb.minute:.3g} s (a compressed minute) {peak}"
+
+
+# rpm500-rt's N: Phoenix's producer sleeps a fixed 1 s whenever 3 x c inputs are queued,
+# which holds it to ~60 fresh inputs per real second; at N = 2000 its row takes ~34 s.
+RPM500_REAL_N = 800
+
+
+def rpm500(impl: str, quick: bool, tb: Timebase) -> Measurement:
+    n, conc = (400 if quick else 2000), 20
+    reduced = not tb.virtual and n > RPM500_REAL_N
+    if reduced:
+        n = RPM500_REAL_N
     config = ProviderConfig(
-        latency=LLM_LATENCY, requests_per_minute=rpm, bucket_capacity=10, seed=SEED
-    )
-    ideal = n / (rpm / 60.0)
-    m, report, _ = _virtual_single(impl, config, n, conc, ideal)
+        latency=LLM_LATENCY, requests_per_minute=500.0, bucket_capacity=10, seed=SEED
+    ).compressed(tb.k)
+    assert config.requests_per_minute is not None
+    ideal = n / (config.requests_per_minute / 60.0)
+    m, report, _ = _rate_single(impl, config, n, conc, ideal, tb)
     m.notes.insert(1, _waste_note(report))
-    m.notes.append(f"peak accepted/min {report.max_accepted_per_minute}")
+    m.notes.append(_per_minute_note(report, tb))
+    if reduced:
+        m.notes.insert(1, f"N = {n} (virtual: 2000; Phoenix would take ~34 s at 2000)")
     return m
 
 
-def _inflight(impl: str, quick: bool, hints: bool) -> Measurement:
+def _inflight(impl: str, quick: bool, tb: Timebase, hints: bool) -> Measurement:
     n, conc, limit = (200 if quick else 1000), 40, 8
     config = ProviderConfig(
         latency=LLM_LATENCY,
         max_in_flight=limit,
         retry_after=1.0 if hints else None,
         seed=SEED,
-    )
+    ).compressed(tb.k)
     plan_provider = AsyncProvider(config)
     latencies = [plan_provider.plan.latency(x) for x in range(n)]
     ideal = max(sum(latencies) / limit, max(latencies))
-    m, report, _ = _virtual_single(impl, config, n, conc, ideal)
+    m, report, _ = _rate_single(impl, config, n, conc, ideal, tb)
     m.notes.insert(1, _waste_note(report))
-    m.notes.append(f"mean latency {sum(latencies) / n:.3f} s")
+    mean = sum(latencies) / n
+    m.notes.append(f"mean latency {mean:.3f} s" if tb.k == 1 else f"mean latency {mean:.5f} s")
     if hints:
         m.notes.append(f"dispatched during hinted cooldown: {report.dispatched_during_hint}")
         m.extra["dispatched_during_hint"] = report.dispatched_during_hint
     return m
 
 
-def quota(impl: str, quick: bool) -> Measurement:
+def quota(impl: str, quick: bool, tb: Timebase) -> Measurement:
     n, conc = (100 if quick else 500), 10
-    config = ProviderConfig(quota_exhausted=True, quota_latency=0.5, seed=SEED)
+    config = ProviderConfig(quota_exhausted=True, quota_latency=0.5, seed=SEED).compressed(tb.k)
     # One call is enough to learn that the quota is gone.
-    m, _, _ = _virtual_single(
-        impl, config, n, conc, 0.5, exit_on_error=True, scale_by_completion=False
+    m, _, _ = _rate_single(
+        impl,
+        config,
+        n,
+        conc,
+        config.quota_latency,
+        tb,
+        exit_on_error=True,
+        scale_by_completion=False,
     )
     how = "the floor ignores exit_on_error" if impl == "floor" else "exit_on_error=True"
-    m.notes.insert(1, f"returned after {m.wall:.1f} virtual s ({how})")
+    wall = f"{m.wall:.1f}" if tb.k == 1 else f"{m.wall:.3f}"
+    m.notes.insert(1, f"returned after {wall} {tb.unit} ({how})")
     return m
 
 
-def shared4(impl: str, quick: bool) -> Measurement:
-    k, n, conc, rpm = 4, (100 if quick else 500), 20, 500.0
+def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
+    k, n, conc = 4, (100 if quick else 500), 20
     config = ProviderConfig(
-        latency=LLM_LATENCY, requests_per_minute=rpm, bucket_capacity=10, seed=SEED
-    )
+        latency=LLM_LATENCY, requests_per_minute=500.0, bucket_capacity=10, seed=SEED
+    ).compressed(tb.k)
+    assert config.requests_per_minute is not None
     provider = AsyncProvider(config)
-    ideal = k * n / (rpm / 60.0)
-    cap = max(1800.0, 10 * ideal)
+    ideal = k * n / (config.requests_per_minute / 60.0)
+    cap = _default_cap(ideal, tb)
+    options = compressed_options(impl, tb.k)
     batches = [list(range(i * n, (i + 1) * n)) for i in range(k)]
     finish: list[float] = [0.0] * k
+    started = [0.0]  # the loop's time when the run began (0 on a virtual loop)
 
     async def one(i: int) -> Any:
-        runner = make_async(impl, provider.client(f"e{i}"), concurrency=conc, exit_on_error=False)
+        runner = make_async(
+            impl, provider.client(f"e{i}"), concurrency=conc, exit_on_error=False, options=options
+        )
         result = await runner.execute(batches[i])
-        finish[i] = asyncio.get_running_loop().time()
+        finish[i] = asyncio.get_running_loop().time() - started[0]
         return result
 
     async def main() -> tuple[Any, bool]:
+        started[0] = asyncio.get_running_loop().time()
         return await _bounded(asyncio.gather(*(one(i) for i in range(k))), cap)
 
-    ((result, hung), virtual_wall), real = timed(lambda: run_virtual(main))
-    report = provider.report()
-    notes = [f"virtual time (real {real:.1f} s)", _waste_note(report)]
+    (result, hung), wall, real = _run_clocked(main, tb)
+    report = provider.report(tb.minute)
+    notes = [tb.header(real), _waste_note(report)]
     done_total = 0
     jain = 0.0
     if hung:
-        notes.append(f"HUNG: no return after {cap:g} virtual s (cancelled)")
+        notes.append(f"HUNG: no return after {cap:g} {tb.unit} (cancelled)")
     else:
         throughputs: list[float] = []
         per_exec: list[str] = []
@@ -623,7 +751,8 @@ def shared4(impl: str, quick: bool) -> Measurement:
             done = completed(statuses)
             done_total += done
             throughputs.append(done / finish[i] if finish[i] > 0 else 0.0)
-            per_exec.append(f"e{i}: {done} done by {finish[i]:.0f} s")
+            when = f"{finish[i]:.0f}" if tb.k == 1 else f"{finish[i]:.2f}"
+            per_exec.append(f"e{i}: {done} done by {when} s")
             bad = misaligned(batches[i], outputs, statuses)
             if bad:
                 notes.append(f"MISALIGNED [e{i}] {bad}")
@@ -632,17 +761,49 @@ def shared4(impl: str, quick: bool) -> Measurement:
         notes.append(f"Jain fairness {jain:.3f}")
         notes.append("; ".join(per_exec))
     notes += provider_notes(report, conc)
-    eff = 0.0 if hung else efficiency(ideal, virtual_wall, done_total, k * n)
+    notes += _compression_notes(impl, tb)
+    eff = 0.0 if hung else efficiency(ideal, wall, done_total, k * n)
     return Measurement(
-        wall=virtual_wall,
+        wall=wall,
         ideal=ideal,
         efficiency=eff,
         incomplete=done_total < k * n,
         calls=report.calls,
         wasted=report.wasted,
         notes=notes,
-        extra={"jain": jain, "real_seconds": real, "hung": hung, "finish": finish},
+        extra={
+            "jain": jain,
+            "real_seconds": real,
+            "hung": hung,
+            "finish": finish,
+            "k": tb.k,
+            "n": k * n,
+        },
     )
+
+
+def _timed_pair(
+    name: str, run: Callable[[str, bool, Timebase], Measurement], summary: str
+) -> list[Scenario]:
+    """`name` in virtual time and `name-rt` in compressed real time, from one function."""
+    return [
+        Scenario(name, lambda impl, quick: run(impl, quick, VIRTUAL), summary, virtual=True),
+        Scenario(
+            f"{name}-rt",
+            lambda impl, quick: run(impl, quick, COMPRESSED),
+            f"{summary}; real time, every time constant / {COMPRESSION:g}",
+            compression=COMPRESSION,
+            twin=name,
+        ),
+    ]
+
+
+def _inflight_plain(impl: str, quick: bool, tb: Timebase) -> Measurement:
+    return _inflight(impl, quick, tb, hints=False)
+
+
+def _inflight_hints(impl: str, quick: bool, tb: Timebase) -> Measurement:
+    return _inflight(impl, quick, tb, hints=True)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -666,25 +827,12 @@ SCENARIOS: dict[str, Scenario] = {
             sync429,
             "SyncExecutor, 200 x 10 ms, 3000 req/min provider, 429s with exact retry-after",
         ),
-        Scenario("rpm500", rpm500, "500 req/min provider, 2000 x ~1.7 s, c=20", virtual=True),
-        Scenario(
-            "inflight8",
-            lambda impl, quick: _inflight(impl, quick, hints=False),
-            "provider allows 8 in flight, 1000 x ~1.7 s, c=40",
-            virtual=True,
+        *_timed_pair("rpm500", rpm500, "500 req/min provider, 2000 x ~1.7 s, c=20"),
+        *_timed_pair(
+            "inflight8", _inflight_plain, "provider allows 8 in flight, 1000 x ~1.7 s, c=40"
         ),
-        Scenario(
-            "inflight8-hints",
-            lambda impl, quick: _inflight(impl, quick, hints=True),
-            "as inflight8, 429s carry retry-after: 1",
-            virtual=True,
-        ),
-        Scenario("quota", quota, "every call: insufficient_quota 429 after 0.5 s", virtual=True),
-        Scenario(
-            "shared4",
-            shared4,
-            "4 executors x 500 inputs share one 500 req/min provider",
-            virtual=True,
-        ),
+        *_timed_pair("inflight8-hints", _inflight_hints, "as inflight8, 429s carry retry-after: 1"),
+        *_timed_pair("quota", quota, "every call: insufficient_quota 429 after 0.5 s"),
+        *_timed_pair("shared4", shared4, "4 executors x 500 inputs share one 500 req/min provider"),
     ]
 }
