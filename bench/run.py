@@ -190,6 +190,74 @@ def _fmt(value: float | int | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _label(scenario: str) -> str:
+    spec = SCENARIOS[scenario]
+    if spec.virtual:
+        return f"{scenario} (virtual)"
+    if spec.compression != 1:
+        return f"{scenario} (real, /{spec.compression:g})"
+    return scenario
+
+
+def _wasted_share(row: Row) -> float | None:
+    if row.calls is None or row.wasted is None or not row.calls:
+        return None
+    return 100.0 * row.wasted / row.calls
+
+
+def _eff_cell(row: Row) -> str:
+    if row.status != "ok":
+        return row.status
+    return _fmt(row.efficiency, 2) + ("*" if row.extra.get("incomplete") else "")
+
+
+def compression_table(rows: Sequence[Row], tolerance: float = 0.10) -> str | None:
+    """Compressed real-time rows next to their virtual-time twins, or None if no pair.
+
+    For each scenario run in both forms and each implementation: both efficiencies, their
+    ratio (real / virtual) and the wasted share of calls in both; ✗ when the efficiencies
+    differ by more than `tolerance` relative to the virtual one (or a row did not run).
+    """
+    by_key = {(r.scenario, r.impl): r for r in rows}
+    header = [
+        "scenario",
+        "impl",
+        "N",
+        "virtual eff.",
+        "real-time eff.",
+        "real / virtual",
+        "wasted % virtual",
+        "wasted % real",
+        f"within {100 * tolerance:g} %",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        twin = SCENARIOS[r.scenario].twin
+        virtual = by_key.get((twin, r.impl)) if twin is not None else None
+        if virtual is None or r.status == "skipped" or virtual.status == "skipped":
+            continue
+        ratio: float | None = None
+        if r.status == "ok" and virtual.status == "ok":
+            v_eff, r_eff = virtual.efficiency or 0.0, r.efficiency or 0.0
+            ratio = r_eff / v_eff if v_eff else (1.0 if r_eff == 0 else None)
+        good = ratio is not None and abs(ratio - 1.0) <= tolerance
+        v_waste, r_waste = _wasted_share(virtual), _wasted_share(r)
+        v_n, r_n = virtual.extra.get("n"), r.extra.get("n")
+        cells = [
+            f"{twin} / {r.scenario}",
+            r.impl,
+            _fmt(v_n) if v_n == r_n else f"{_fmt(v_n)} / {_fmt(r_n)}",
+            _eff_cell(virtual),
+            _eff_cell(r),
+            "—" if ratio is None else f"{ratio:.2f}",
+            "—" if v_waste is None else f"{v_waste:.1f}",
+            "—" if r_waste is None else f"{r_waste:.1f}",
+            "✓" if good else "✗",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     header = [
         "scenario",
@@ -206,7 +274,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
     for r in rows:
         notes = "; ".join(r.notes) if r.status == "ok" else f"{r.status}: " + "; ".join(r.notes)
         cells = [
-            r.scenario + (" (virtual)" if SCENARIOS[r.scenario].virtual else ""),
+            _label(r.scenario),
             r.impl,
             _fmt(r.wall) if r.status == "ok" else r.status,
             _fmt(r.ideal),
@@ -262,6 +330,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{' (quick)' if args.quick else ''}; load average at start"
         f" {load[0]:.2f} on {os.cpu_count()} CPUs (real-time rows are sensitive to other load)."
     )
+    pairs = compression_table(rows)
+    if pairs is not None:
+        ks = sorted({f"{SCENARIOS[r.scenario].compression:g}" for r in rows} - {"1"})
+        print(f"\n### compressed real time vs virtual time\n\n{pairs}")
+        print(
+            "\n-rt rows run the virtual scenario in real time with every time constant of"
+            f" the provider and of the executors divided by K = {', '.join(ks)} (rates"
+            " multiplied by K); ✗ = efficiencies differ by more than 10 % (relative to"
+            " virtual). See bench/README.md, 'Compressed real time'."
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "quick": args.quick,
