@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import looptime
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,6 +29,7 @@ from tests.test_properties import (
     Step,
     assert_cleaned_up,
     plans,
+    virtual_time_loop,
     watched_run,
 )
 
@@ -215,7 +215,7 @@ async def test_leaving_a_stream_early_cancels_the_calls_in_flight() -> None:
         assert in_flight(provider) == []
 
 
-# -- a property: cancel at any moment of any run ---------------------------------------------------
+# -- a property: cancel at any moment of any run -------------------------------------------
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -271,7 +271,7 @@ def test_cancelling_at_any_moment_leaves_nothing_behind(
         return outcome
 
     with watched_run() as leftovers:
-        loop = looptime.new_event_loop(start=0.0)
+        loop = virtual_time_loop()
         try:
             outcome = loop.run_until_complete(main())
         finally:

@@ -46,7 +46,7 @@ def double(item: int) -> int:
     return 2 * item
 
 
-# -- a real Jupyter kernel ----------------------------------------------------------------------
+# -- a real Jupyter kernel -----------------------------------------------------------------
 
 SETUP = """
 import asyncio, json, logging, signal
@@ -178,7 +178,7 @@ def test_notebook_with_nest_asyncio_runs_async(notebook: Any) -> None:
     ]
 
 
-# -- threads ---------------------------------------------------------------------------------------
+# -- threads -------------------------------------------------------------------------------
 
 
 def in_thread(target: Callable[[], Any]) -> Any:
@@ -259,7 +259,7 @@ def test_run_in_a_thread_with_its_own_running_loop_says_to_await_execute() -> No
         in_thread(lambda: asyncio.run(serve()))
 
 
-# -- a coroutine calling the sync API (a web server's request handler) -----------------------------
+# -- a coroutine calling the sync API (a web server's request handler) ---------------------
 
 
 async def test_run_from_a_coroutine_says_to_await_execute_or_apply_nest_asyncio() -> None:

@@ -46,7 +46,7 @@ from evalexec.executors import (
 S = ExecutionStatus
 FINAL = (S.COMPLETED, S.COMPLETED_WITH_RETRIES, S.FAILED)
 
-# -- the schedule ----------------------------------------------------------------------
+# -- the schedule --------------------------------------------------------------------------
 
 OK = "ok"
 ERROR = "error"
@@ -130,7 +130,7 @@ class Plan:
         return row[attempt] if attempt < len(row) else self.default
 
 
-# -- the oracle ------------------------------------------------------------------------
+# -- the oracle ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,7 @@ def expect(plan: Plan, index: int, max_retries: int, *, timeouts: bool) -> Expec
     raise AssertionError("unreachable")
 
 
-# -- strategies ------------------------------------------------------------------------
+# -- strategies ----------------------------------------------------------------------------
 
 
 def steps(*, timeouts: bool) -> st.SearchStrategy[Step]:
@@ -201,7 +201,7 @@ fallbacks = st.sampled_from((_unset, FALLBACK, None))
 bar_formats = st.sampled_from((None, "{l_bar}{bar}{r_bar}"))
 
 
-# -- what a run must leave behind --------------------------------------------------------
+# -- what a run must leave behind ----------------------------------------------------------
 
 
 class RecordingBar(std_tqdm):  # type: ignore[type-arg]
@@ -319,7 +319,7 @@ class Provider:
         return [call for row in self.calls.values() for call in row]
 
 
-# -- checks shared by both executors ---------------------------------------------------------
+# -- checks shared by both executors -------------------------------------------------------
 
 
 def check_logged(details: ExecutionDetails, calls: list[Call]) -> None:
@@ -371,7 +371,7 @@ def check_input(
     assert logged < expected.logged or (logged == expected.logged and expected.status != S.FAILED)
 
 
-# -- AsyncExecutor -----------------------------------------------------------------------------
+# -- AsyncExecutor -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -397,6 +397,22 @@ async_settings = st.builds(
     fallback=fallbacks,
     bar_format=bar_formats,
 )
+
+
+VIRTUAL_RESOLUTION = 1e-6
+
+
+def virtual_time_loop() -> asyncio.AbstractEventLoop:
+    """A fresh event loop on virtual time (looptime), in steps of a microsecond.
+
+    looptime moves its clock in whole steps, so a timer due less than a step from now
+    (a float residue such as ``t + 0.75 - (t + 0.75)``) would never come due: asyncio
+    is told to treat timers within one step as due, as it does within its clock's
+    resolution.
+    """
+    loop = looptime.new_event_loop(start=0.0, resolution=VIRTUAL_RESOLUTION)
+    loop._clock_resolution = VIRTUAL_RESOLUTION  # type: ignore[attr-defined]
+    return loop
 
 
 @dataclass
@@ -438,7 +454,7 @@ def run_async_example(config: AsyncSettings, size: int, plan: Plan) -> tuple[Asy
         late = len(provider.all_calls()) - calls_at_return
         return AsyncResult(outputs, details, returned_at, pending, late)
 
-    loop = looptime.new_event_loop(start=0.0)
+    loop = virtual_time_loop()
     try:
         result = loop.run_until_complete(main())
     finally:
@@ -506,7 +522,7 @@ def test_async_executor_matches_the_oracle_for_any_fault_schedule(
     check_async_run(config, size, plan, result, provider)
 
 
-# -- SyncExecutor --------------------------------------------------------------------------------
+# -- SyncExecutor --------------------------------------------------------------------------
 
 
 @dataclass
@@ -557,8 +573,8 @@ def expected_sleeps(
 ) -> list[tuple[float, float]]:
     """The (shortest, longest) wait before each retry of one input, in order.
 
-    Plain errors are retried at once; transient errors and rate limits wait the
-    backoff (jittered down by up to `jitter`), and never less than a retry hint.
+    Plain errors are retried at once; a retry hint is the wait; other transient
+    errors and rate limits wait the backoff (jittered down by up to `jitter`).
     """
     bounds: list[tuple[float, float]] = []
     for errors_before in range(expected.attempts - 1):
@@ -566,13 +582,13 @@ def expected_sleeps(
         hint = HINT_SECONDS if kind == HINTED else None
         if kind == ERROR:
             continue
-        if backoff is None:
-            low = high = hint or 0.0
+        if hint is not None:
+            low = high = hint
+        elif backoff is None:
+            low = high = 0.0
         else:
             base = min(backoff.maximum, backoff.initial * backoff.multiplier**errors_before)
             low, high = base * (1 - backoff.jitter), base
-            if hint is not None:
-                low, high = max(low, hint), max(high, hint)
         if high > 0:
             bounds.append((low, high))
     return bounds

@@ -119,7 +119,7 @@ def test_a_sync_executor_interrupted_once_runs_normally_next_time(tmp_path: Path
     }
 
 
-# -- the handler of before the run is back, in-process -----------------------------------------
+# -- the handler of before the run is back, in-process -------------------------------------
 
 
 def _previous(signum: int, frame: FrameType | None) -> None:

@@ -1,0 +1,426 @@
+"""Bad input and hostile generation functions (SPEC "run() / execute()", §3, §5): each
+gets a clear error or a correct run, and nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from evalexec.executors import AsyncExecutor, ExecutionStatus, SyncExecutor, _unset
+from tests.test_properties import RecordingBar, watched_run
+
+S = ExecutionStatus
+
+
+async def double_async(item: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * item
+
+
+def double(item: int) -> int:
+    return 2 * item
+
+
+def others() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+
+def _previous(signum: int, frame: FrameType | None) -> None:
+    raise AssertionError("not to be called")
+
+
+@pytest.fixture
+def previous_handler() -> Iterator[Any]:
+    """A SIGINT handler of the caller's own, in place for the test."""
+    original = signal.signal(signal.SIGINT, _previous)
+    yield _previous
+    signal.signal(signal.SIGINT, original)
+
+
+# -- functions that do not return an awaitable ---------------------------------------------
+
+
+class NotAsync:
+    def __call__(self, item: int) -> int:
+        return item
+
+
+class Methods:
+    def plain(self, item: int) -> int:
+        return item
+
+    async def coroutine(self, item: int) -> int:
+        await asyncio.sleep(0)
+        return 3 * item
+
+
+async def _agen(item: int) -> AsyncIterator[int]:
+    yield item
+
+
+NOT_AWAITABLE: dict[str, Callable[[Any], Any]] = {
+    "a plain function": double,
+    "a partial of a plain function": functools.partial(pow, exp=2),
+    "a callable object": NotAsync(),
+    "a bound method": Methods().plain,
+    "an async generator function": _agen,
+    "a lambda returning None": lambda item: None,
+}
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("fn", NOT_AWAITABLE.values(), ids=NOT_AWAITABLE.keys())
+async def test_execute_with_a_function_that_returns_no_awaitable_raises_type_error_once(
+    fn: Callable[[Any], Any],
+) -> None:
+    calls: list[int] = []
+
+    def counting(item: int) -> Any:
+        calls.append(item)
+        return fn(item)
+
+    with watched_run() as leftovers:
+        with pytest.raises(TypeError, match=r"returned \w+; pass an `async def` function"):
+            await AsyncExecutor(counting, concurrency=4).execute(list(range(8)))
+        assert signal.getsignal(signal.SIGINT) is leftovers.handler
+    assert calls == [0]
+    assert others() == []
+
+
+def test_run_with_a_function_that_returns_no_awaitable_raises_type_error_once(
+    previous_handler: Any,
+) -> None:
+    calls: list[int] = []
+
+    def sometimes(item: int) -> Any:
+        calls.append(item)
+        return double_async(item) if item < 3 else item
+
+    with pytest.raises(TypeError, match=r"sometimes returned int"):
+        AsyncExecutor(sometimes, concurrency=1).run(list(range(8)))
+    assert calls == [0, 1, 2, 3]
+    assert signal.getsignal(signal.SIGINT) is previous_handler
+
+
+# -- callables of every shape --------------------------------------------------------------
+
+
+class AsyncCallable:
+    async def __call__(self, item: int) -> int:
+        await asyncio.sleep(0)
+        return 5 * item
+
+
+async def _scaled(item: int, factor: int) -> int:
+    await asyncio.sleep(0)
+    return factor * item
+
+
+def _returns_a_task(item: int) -> asyncio.Task[int]:
+    return asyncio.get_running_loop().create_task(_scaled(item, 7))
+
+
+ASYNC_CALLABLES: dict[str, tuple[Callable[[Any], Any], int]] = {
+    "functools.partial": (functools.partial(_scaled, factor=4), 4),
+    "a callable object": (AsyncCallable(), 5),
+    "a bound method": (Methods().coroutine, 3),
+    "a lambda returning a coroutine": (lambda item: _scaled(item, 6), 6),
+    "a function returning a task": (_returns_a_task, 7),
+}
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(("fn", "factor"), ASYNC_CALLABLES.values(), ids=ASYNC_CALLABLES.keys())
+async def test_async_executor_takes_any_callable_that_returns_an_awaitable(
+    fn: Callable[[Any], Any], factor: int
+) -> None:
+    outputs, details = await AsyncExecutor(fn, concurrency=3).execute(list(range(10)))
+    assert outputs == [factor * i for i in range(10)]
+    assert {d.status for d in details} == {S.COMPLETED}
+    assert others() == []
+
+
+class SyncCallable:
+    def __call__(self, item: int) -> int:
+        return 5 * item
+
+
+SYNC_CALLABLES: dict[str, tuple[Callable[[Any], Any], int]] = {
+    "functools.partial": (functools.partial(pow, exp=1), 1),
+    "a callable object": (SyncCallable(), 5),
+    "a bound method": (Methods().plain, 1),
+    "a lambda": (lambda item: 6 * item, 6),
+}
+
+
+@pytest.mark.parametrize(("fn", "factor"), SYNC_CALLABLES.values(), ids=SYNC_CALLABLES.keys())
+def test_sync_executor_takes_any_callable(fn: Callable[[Any], Any], factor: int) -> None:
+    outputs, details = SyncExecutor(fn).run(list(range(10)))
+    assert outputs == [factor * i for i in range(10)]
+    assert {d.status for d in details} == {S.COMPLETED}
+
+
+# -- BaseException from the function -------------------------------------------------------
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(3)], ids=type)
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_async_run_lets_keyboard_interrupt_and_system_exit_through(
+    exc: BaseException, concurrency: int, previous_handler: Any
+) -> None:
+    calls: list[int] = []
+
+    async def raising(item: int) -> int:
+        calls.append(item)
+        await asyncio.sleep(0)
+        if item == 1:
+            raise exc
+        return item
+
+    with pytest.raises(type(exc)) as raised:
+        AsyncExecutor(raising, concurrency=concurrency).run(list(range(6)))
+    assert raised.value is exc
+    assert calls.count(1) == 1  # not retried
+    assert signal.getsignal(signal.SIGINT) is previous_handler
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(3)], ids=type)
+def test_sync_run_lets_keyboard_interrupt_and_system_exit_through(
+    exc: BaseException, previous_handler: Any
+) -> None:
+    calls: list[int] = []
+
+    def raising(item: int) -> int:
+        calls.append(item)
+        if item == 1:
+            raise exc
+        return item
+
+    with pytest.raises(type(exc)) as raised:
+        SyncExecutor(raising).run(list(range(6)))
+    assert raised.value is exc
+    assert calls == [0, 1]
+    assert signal.getsignal(signal.SIGINT) is previous_handler
+
+
+@pytest.mark.looptime
+async def test_cancelled_error_raised_by_the_function_is_retried_like_a_plain_error() -> None:
+    raised: list[asyncio.CancelledError] = []
+
+    async def cancels_once(item: int) -> int:
+        await asyncio.sleep(1.0)
+        if item == 1 and not raised:
+            raised.append(asyncio.CancelledError("from the function"))
+            raise raised[0]
+        return item
+
+    outputs, details = await AsyncExecutor(cancels_once, concurrency=2).execute([0, 1, 2])
+    assert outputs == [0, 1, 2]
+    assert [d.status for d in details] == [S.COMPLETED, S.COMPLETED_WITH_RETRIES, S.COMPLETED]
+    assert details[1].exceptions == raised
+    assert others() == []
+
+
+@pytest.mark.looptime
+async def test_cancelled_error_from_the_function_fails_the_input_when_retries_run_out() -> None:
+    async def always_cancels(item: int) -> int:
+        await asyncio.sleep(1.0)
+        if item == 1:
+            raise asyncio.CancelledError("from the function")
+        return item
+
+    executor = AsyncExecutor(always_cancels, max_retries=2, exit_on_error=False)
+    outputs, details = await executor.execute([0, 1, 2])
+    assert outputs == [0, _unset, 2]
+    assert [d.status for d in details] == [S.COMPLETED, S.FAILED, S.COMPLETED]
+    assert [type(e) for e in details[1].exceptions] == [asyncio.CancelledError] * 3
+
+
+# -- functions that block the loop, or return huge objects ---------------------------------
+
+
+@pytest.mark.looptime
+async def test_a_function_that_blocks_the_loop_still_gets_correct_results() -> None:
+    """Blocking work without an await serializes the calls but loses nothing."""
+    inflight = 0
+    peak = 0
+
+    async def blocking(item: int) -> int:
+        nonlocal inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        total = sum(range(20_000))  # CPU-bound, never yields to the loop
+        inflight -= 1
+        return total + item
+
+    outputs, details = await AsyncExecutor(blocking, concurrency=4, timeout=0.5).execute(
+        list(range(20))
+    )
+    assert outputs == [sum(range(20_000)) + i for i in range(20)]
+    assert {d.status for d in details} == {S.COMPLETED}
+    assert peak == 1
+
+
+@pytest.mark.looptime
+async def test_huge_outputs_are_kept_as_they_are() -> None:
+    blobs = {i: bytearray(16 * 1024 * 1024) for i in range(3)}
+
+    async def huge(item: int) -> bytearray:
+        await asyncio.sleep(1.0)
+        return blobs[item]
+
+    outputs, _ = await AsyncExecutor(huge, concurrency=3).execute([2, 0, 1])
+    assert [id(o) for o in outputs] == [id(blobs[2]), id(blobs[0]), id(blobs[1])]
+
+
+# -- bad inputs ----------------------------------------------------------------------------
+
+
+def _generator() -> Iterator[int]:
+    yield from range(3)
+
+
+BAD_INPUTS: list[tuple[Any, str]] = [
+    (None, "got None"),
+    ("abc", "got a str; to run a single input, wrap it in a list: [input]"),
+    (b"abc", "got a bytes; to run a single input, wrap it in a list: [input]"),
+    (bytearray(b"abc"), "got a bytearray; to run a single input, wrap it in a list"),
+    (42, "got int, which is not iterable"),
+]
+
+
+@pytest.mark.parametrize(("inputs", "message"), BAD_INPUTS, ids=repr)
+def test_bad_inputs_are_refused_by_every_entry_point(inputs: Any, message: str) -> None:
+    calls: list[Any] = []
+
+    async def recording(item: Any) -> Any:
+        calls.append(item)
+        return item
+
+    def recording_sync(item: Any) -> Any:
+        calls.append(item)
+        return item
+
+    async_executor = AsyncExecutor(recording)
+    sync_executor = SyncExecutor(recording_sync)
+    with pytest.raises(TypeError, match=re.escape(message)):
+        async_executor.run(inputs)
+    with pytest.raises(TypeError, match=re.escape(message)):
+        asyncio.run(async_executor.execute(inputs))
+    with pytest.raises(TypeError, match=re.escape(message)):
+        sync_executor.run(inputs)
+    with pytest.raises(TypeError, match=re.escape(message)):
+        list(sync_executor.stream(inputs))
+
+    async def drain() -> None:
+        async for _ in async_executor.stream(inputs):
+            pass
+
+    with pytest.raises(TypeError, match=re.escape(message)):
+        asyncio.run(drain())
+    assert calls == []
+
+
+def test_a_generator_is_refused_by_run_and_points_to_stream() -> None:
+    message = "got generator; for a generator, use the executor's stream"
+    with pytest.raises(TypeError, match=message):
+        AsyncExecutor(double_async).run(_generator())
+    with pytest.raises(TypeError, match=message):
+        SyncExecutor(double).run(_generator())
+
+
+@pytest.mark.looptime
+async def test_async_stream_accepts_a_generator() -> None:
+    results = [
+        (index, output, details.status)
+        async for index, output, details in AsyncExecutor(double_async).stream(_generator())
+    ]
+    assert sorted(results) == [(0, 0, S.COMPLETED), (1, 2, S.COMPLETED), (2, 4, S.COMPLETED)]
+
+
+def test_sync_stream_accepts_a_generator() -> None:
+    results = [(i, o, d.status) for i, o, d in SyncExecutor(double).stream(_generator())]
+    assert results == [(0, 0, S.COMPLETED), (1, 2, S.COMPLETED), (2, 4, S.COMPLETED)]
+
+
+@pytest.mark.parametrize("empty", [[], (), set(), range(0)], ids=repr)
+def test_empty_inputs_return_empty_lists_and_leave_nothing_behind(empty: Any) -> None:
+    with watched_run() as leftovers:
+        async_result = AsyncExecutor(double_async, tqdm_bar_format="{bar}").run(empty)
+        sync_result = SyncExecutor(double, tqdm_bar_format="{bar}").run(empty)
+        assert signal.getsignal(signal.SIGINT) is leftovers.handler
+    assert async_result == ([], [])
+    assert sync_result == ([], [])
+    assert len(leftovers.bars) == 2
+    assert all(bar.disable for bar in leftovers.bars)
+
+
+@pytest.mark.looptime
+async def test_none_values_and_duplicates_among_inputs_stay_aligned() -> None:
+    async def describe(item: Any) -> str:
+        await asyncio.sleep(0.1 if item is None else 1.0)
+        return repr(item)
+
+    inputs = [None, 1, None, 1, "x", None]
+    outputs, _ = await AsyncExecutor(describe, concurrency=4).execute(inputs)
+    assert outputs == [repr(i) for i in inputs]
+
+
+class LyingLength:
+    """Reports `length` items but yields `count`."""
+
+    def __init__(self, length: int, count: int) -> None:
+        self.length = length
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.count))
+
+
+@pytest.mark.parametrize(("length", "count"), [(5, 3), (3, 5)])
+def test_inputs_whose_length_lies_give_lists_of_the_reported_length(
+    length: int, count: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected_outputs = [2 * i if i < count else _unset for i in range(length)]
+    expected_statuses = [S.COMPLETED if i < count else S.DID_NOT_RUN for i in range(length)]
+    for executor in (AsyncExecutor(double_async), SyncExecutor(double)):
+        with caplog.at_level("WARNING", logger="evalexec"):
+            outputs, details = executor.run(LyingLength(length, count))
+        assert outputs == expected_outputs
+        assert [d.status for d in details] == expected_statuses
+    assert "len() reported" in caplog.text
+
+
+def test_a_hundred_thousand_instant_inputs_async() -> None:
+    count = 100_000
+    outputs, details = AsyncExecutor(double_async, concurrency=10).run(range(count))
+    assert len(outputs) == len(details) == count
+    assert outputs == [2 * i for i in range(count)]
+    assert all(d.status is S.COMPLETED for d in details)
+
+
+def test_a_hundred_thousand_instant_inputs_sync() -> None:
+    count = 100_000
+    outputs, details = SyncExecutor(double).run(range(count))
+    assert outputs == [2 * i for i in range(count)]
+    assert all(d.status is S.COMPLETED for d in details)
+
+
+def test_the_progress_bar_counts_every_input_and_is_closed() -> None:
+    with watched_run() as leftovers:
+        AsyncExecutor(double_async, tqdm_bar_format="{n}/{total}").run(list(range(50)))
+    (bar,) = leftovers.bars
+    assert isinstance(bar, RecordingBar)
+    assert (bar.n, bar.total) == (50, 50)
+    assert bar.close_calls >= 1
