@@ -384,7 +384,12 @@ class AsyncSettings:
     backoff: Backoff | None
     fallback: Any
     bar_format: str | None
+    initial_target: int | None
+    entry: str
+    """How the run is driven: `execute`, or `stream` read at once or slowly."""
 
+
+STREAM_READ_DELAY = 0.3
 
 async_settings = st.builds(
     AsyncSettings,
@@ -396,6 +401,8 @@ async_settings = st.builds(
     backoff=backoffs,
     fallback=fallbacks,
     bar_format=bar_formats,
+    initial_target=st.none() | st.integers(1, 8),
+    entry=st.sampled_from(("execute", "execute", "stream", "slowly read stream")),
 )
 
 
@@ -418,7 +425,8 @@ def virtual_time_loop() -> asyncio.AbstractEventLoop:
 @dataclass
 class AsyncResult:
     outputs: list[Any]
-    details: list[ExecutionDetails]
+    details: list[ExecutionDetails | None]
+    """None for an input a stream did not yield (it never reached a final status)."""
     returned_at: float
     pending: list[asyncio.Task[Any]]
     late_calls: int
@@ -436,15 +444,33 @@ def run_async_example(config: AsyncSettings, size: int, plan: Plan) -> tuple[Asy
         fallback_return_value=config.fallback,
         timeout=config.timeout,
         enable_dynamic_concurrency=config.dynamic,
+        dynamic_initial_target=(
+            None
+            if config.initial_target is None
+            else min(config.initial_target, config.concurrency)
+        ),
         backoff=config.backoff,
     )
     inputs = [Item(i) for i in range(size)]
+
+    async def read_stream() -> tuple[list[Any], list[ExecutionDetails | None]]:
+        outputs: list[Any] = [config.fallback] * size
+        details: list[ExecutionDetails | None] = [None] * size
+        async for index, output, record in executor.stream(inputs):
+            assert details[index] is None, f"input {index} was yielded twice"
+            outputs[index], details[index] = output, record
+            if config.entry == "slowly read stream":
+                await asyncio.sleep(STREAM_READ_DELAY)
+        return outputs, details
 
     async def main() -> AsyncResult:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(HANG_GUARD_SECONDS):
-                outputs, details = await executor.execute(inputs)
+                if config.entry == "execute":
+                    outputs, details = await executor.execute(inputs)
+                else:
+                    outputs, details = await read_stream()
         except TimeoutError:
             raise AssertionError(f"the run hung ({HANG_GUARD_SECONDS} virtual seconds)") from None
         returned_at = loop.time()
@@ -452,7 +478,7 @@ def run_async_example(config: AsyncSettings, size: int, plan: Plan) -> tuple[Asy
         calls_at_return = len(provider.all_calls())
         await asyncio.sleep(1000.0)  # nothing may wake up after the run returned
         late = len(provider.all_calls()) - calls_at_return
-        return AsyncResult(outputs, details, returned_at, pending, late)
+        return AsyncResult(list(outputs), list(details), returned_at, pending, late)
 
     loop = virtual_time_loop()
     try:
@@ -475,28 +501,39 @@ def check_async_run(
     calls = provider.all_calls()
     assert all(call.outcome is not None for call in calls)
 
-    failed = [i for i in range(size) if details[i].status is S.FAILED]
+    failed = [i for i, d in enumerate(details) if d is not None and d.status is S.FAILED]
     stopped_early = config.exit_on_error and bool(failed)
-    for index in range(size):
+    for index, record in enumerate(details):
         row = provider.calls.get(index, [])
         expected = expect(plan, index, config.max_retries, timeouts=True)
+        if record is None:
+            # Not yielded by the stream: it did not reach a final status.
+            assert stopped_early, f"the stream never yielded input {index}"
+            assert outputs[index] is config.fallback
+            assert all(call.outcome != "returned" for call in row)
+            assert len(row) <= expected.attempts
+            if len(row) == expected.attempts:
+                assert row[-1].outcome == "cancelled"
+            continue
         check_input(
             index,
             outputs[index],
-            details[index],
+            record,
             row,
             expected,
             config.fallback,
             may_stop_early=stopped_early,
         )
         spent = sum(call.ended - call.started for call in row if call.ended is not None)
-        assert math.isclose(details[index].execution_seconds, spent, abs_tol=1e-6)
+        assert math.isclose(record.execution_seconds, spent, abs_tol=1e-6)
+    # A reader that takes its time may finish after the last call ended.
+    slow_reader = config.entry == "slowly read stream"
 
     if not stopped_early:
         # Everything ran to its end; only attempts slower than the timeout were cut.
         assert all(call.outcome != "cancelled" or call.step.kind == SLOW for call in calls)
         last_end = max((call.ended for call in calls if call.ended is not None), default=0.0)
-        assert result.returned_at == last_end
+        assert result.returned_at >= last_end if slow_reader else result.returned_at == last_end
         return
 
     # exit_on_error: the first FAILED stopped the run. No attempt started after it,
@@ -507,7 +544,10 @@ def check_async_run(
     for call in calls:
         if call.outcome == "cancelled" and call.step.kind != SLOW:
             assert call.ended == first_failure.ended
-    assert result.returned_at == first_failure.ended
+    if slow_reader:
+        assert result.returned_at >= first_failure.ended
+    else:
+        assert result.returned_at == first_failure.ended
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
