@@ -69,8 +69,11 @@ class Progress:
             bar.set_postfix_str(self._status(), refresh=force)
 
     def write(self, message: str) -> None:
-        """Print a line for the user without breaking the bar."""
-        tqdm.write(message, file=sys.stderr)
+        """Print a line for the user (on stderr) without breaking the bar."""
+        if self._bar is None:
+            print(message, file=sys.stderr)
+        else:
+            tqdm.write(message, file=sys.stderr)
 
     def close(self, inputs: int, retries: int, seconds: float) -> None:
         """Close the bar and write the summary line: counts of each status of `inputs`."""

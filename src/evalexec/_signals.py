@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["termination_handler"]
+__all__ = ["handler_restored", "termination_handler"]
 
 
 class _Installed:
@@ -65,3 +65,22 @@ def termination_handler(signum: int | None, on_first_signal: Callable[[], None])
             while (below := _record(previous)) is not None and not below.alive:
                 previous = below.previous
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]
+
+
+@contextmanager
+def handler_restored(signum: int | None) -> Iterator[None]:
+    """Put back, on leaving, the handler of `signum` found on entry (main thread only).
+
+    `asyncio.run` installs its own SIGINT handler when it finds the default one, and
+    leaves it behind when a KeyboardInterrupt escapes the loop while ours is on top;
+    wrapping `asyncio.run` in this undoes that on every path.
+    """
+    if signum is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signum)
+    try:
+        yield
+    finally:
+        if before is not None and signal.getsignal(signum) is not before:
+            signal.signal(signum, before)

@@ -33,7 +33,7 @@ from evalexec._clock import now as _now
 from evalexec._controller import ConcurrencyController
 from evalexec._progress import Progress
 from evalexec._retry import Backoff, Verdict, decide
-from evalexec._signals import termination_handler
+from evalexec._signals import handler_restored, termination_handler
 from evalexec.exceptions import ErrorKind
 
 __all__ = [
@@ -521,7 +521,8 @@ class AsyncExecutor:
         """Run every input to a final status and return ``(outputs, details)``."""
         _sized_len(inputs)
         _refuse_nested_loop(f"{type(self).__name__}.run()", "await executor.execute(inputs)")
-        return asyncio.run(self.execute(inputs))
+        with handler_restored(self.termination_signal):
+            return asyncio.run(self.execute(inputs))
 
     async def execute(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]:
         """Like `run`, from a coroutine: ``outputs, details = await executor.execute(inputs)``."""
@@ -627,8 +628,8 @@ class AsyncExecutor:
                 await self._attempt(run, entry[2])
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            run.crash(exc)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit, any abort of the function's
+            run.crash(exc)  # the run stops in order, then execute() raises it
 
     # -- one attempt, and what happens next -------------------------------------------------
     async def _attempt(self, run: _Run, work: _Work) -> None:
@@ -704,10 +705,11 @@ class AsyncExecutor:
         logger.warning("input %d FAILED after %d attempts: %s", work.index, _attempts(work), cause)
         run.finish(work, self.fallback_return_value)
         if verdict is not None and verdict.stop_run:
-            run.progress.write(
-                f"evalexec: stopping the run: the provider says the quota is exhausted "
-                f"({cause}); retrying cannot help. Finished outputs are kept."
-            )
+            if not run.ending:
+                run.progress.write(
+                    f"evalexec: stopping the run: the provider says the quota is exhausted "
+                    f"({cause}); retrying cannot help. Finished outputs are kept."
+                )
             run.end("quota exhausted")
         elif self.exit_on_error:
             run.end("failed")
