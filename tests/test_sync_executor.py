@@ -212,7 +212,7 @@ def test_no_sleep_follows_the_last_failed_attempt() -> None:
     assert time.sleeps == [1.0, 2.0]
 
 
-def test_a_retry_after_hint_makes_the_sleep_at_least_that_long() -> None:
+def test_a_retry_after_hint_is_the_sleep() -> None:
     calls: list[str] = []
 
     def gen(item: str) -> str:
