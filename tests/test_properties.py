@@ -21,7 +21,7 @@ import io
 import itertools
 import math
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -406,19 +406,31 @@ async_settings = st.builds(
 )
 
 
-VIRTUAL_RESOLUTION = 1e-6
+STEPS_PER_SECOND = 1_000_000
+_LoopTimeSelectorLoop: type[Any] = looptime.make_event_loop_class(asyncio.SelectorEventLoop)
+
+
+class _VirtualTimeLoop(_LoopTimeSelectorLoop):
+    """looptime's loop with every timer moved up to the next microsecond.
+
+    looptime's clock moves in whole microseconds. A timer due a float residue after a
+    step (``t + 0.75`` computed as ``t + 0.7500000000000001``) would be run at the
+    step before it, and code that waits "until loop.time() >= deadline" would sleep
+    for the residue again and again while the clock never moves. On a real clock,
+    time moves on by itself; here each timer lands on the step at or after it.
+    """
+
+    def call_at(
+        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        on_step = math.ceil(when * STEPS_PER_SECOND) / STEPS_PER_SECOND
+        handle: asyncio.TimerHandle = super().call_at(on_step, callback, *args, context=context)
+        return handle
 
 
 def virtual_time_loop() -> asyncio.AbstractEventLoop:
-    """A fresh event loop on virtual time (looptime), in steps of a microsecond.
-
-    looptime moves its clock in whole steps, so a timer due less than a step from now
-    (a float residue such as ``t + 0.75 - (t + 0.75)``) would never come due: asyncio
-    is told to treat timers within one step as due, as it does within its clock's
-    resolution.
-    """
-    loop = looptime.new_event_loop(start=0.0, resolution=VIRTUAL_RESOLUTION)
-    loop._clock_resolution = VIRTUAL_RESOLUTION  # type: ignore[attr-defined]
+    """A fresh event loop on virtual time, starting at 0."""
+    loop: asyncio.AbstractEventLoop = _VirtualTimeLoop(start=0.0, resolution=1 / STEPS_PER_SECOND)
     return loop
 
 
