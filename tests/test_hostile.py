@@ -45,6 +45,18 @@ def previous_handler() -> Iterator[Any]:
     signal.signal(signal.SIGINT, original)
 
 
+@pytest.fixture(params=["python default", "custom"])
+def handler_before(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The SIGINT handler in place before the run: Python's own (over which asyncio.run
+    installs one of its own), or one of the caller's."""
+    original = signal.signal(
+        signal.SIGINT,
+        signal.default_int_handler if request.param == "python default" else _previous,
+    )
+    yield signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, original)
+
+
 # -- functions that do not return an awaitable ---------------------------------------------
 
 
@@ -171,10 +183,18 @@ def test_sync_executor_takes_any_callable(fn: Callable[[Any], Any], factor: int)
 # -- BaseException from the function -------------------------------------------------------
 
 
-@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(3)], ids=type)
+class Abort(BaseException):
+    """A BaseException of a library's own (as gevent's GreenletExit, or pytest.fail())."""
+
+
+BASE_EXCEPTIONS = [KeyboardInterrupt(), SystemExit(3), Abort("stop everything")]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("exc", BASE_EXCEPTIONS, ids=type)
 @pytest.mark.parametrize("concurrency", [1, 3])
-def test_async_run_lets_keyboard_interrupt_and_system_exit_through(
-    exc: BaseException, concurrency: int, previous_handler: Any
+def test_async_run_lets_base_exceptions_through(
+    exc: BaseException, concurrency: int, handler_before: Any
 ) -> None:
     calls: list[int] = []
 
@@ -189,13 +209,33 @@ def test_async_run_lets_keyboard_interrupt_and_system_exit_through(
         AsyncExecutor(raising, concurrency=concurrency).run(list(range(6)))
     assert raised.value is exc
     assert calls.count(1) == 1  # not retried
-    assert signal.getsignal(signal.SIGINT) is previous_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
 
-@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(3)], ids=type)
-def test_sync_run_lets_keyboard_interrupt_and_system_exit_through(
-    exc: BaseException, previous_handler: Any
-) -> None:
+@pytest.mark.timeout(30)
+@pytest.mark.looptime
+async def test_execute_lets_a_base_exception_of_the_function_through() -> None:
+    exc = Abort("stop everything")
+    calls: list[int] = []
+
+    async def raising(item: int) -> int:
+        calls.append(item)
+        await asyncio.sleep(1.0 if item == 1 else 10.0)
+        if item == 1:
+            raise exc
+        return item
+
+    with watched_run() as leftovers:
+        with pytest.raises(Abort) as raised:
+            await AsyncExecutor(raising, concurrency=3).execute(list(range(6)))
+        assert signal.getsignal(signal.SIGINT) is leftovers.handler
+    assert raised.value is exc
+    assert calls == [0, 1, 2]
+    assert others() == []
+
+
+@pytest.mark.parametrize("exc", BASE_EXCEPTIONS, ids=type)
+def test_sync_run_lets_base_exceptions_through(exc: BaseException, handler_before: Any) -> None:
     calls: list[int] = []
 
     def raising(item: int) -> int:
@@ -208,7 +248,7 @@ def test_sync_run_lets_keyboard_interrupt_and_system_exit_through(
         SyncExecutor(raising).run(list(range(6)))
     assert raised.value is exc
     assert calls == [0, 1]
-    assert signal.getsignal(signal.SIGINT) is previous_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
 
 @pytest.mark.looptime

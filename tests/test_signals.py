@@ -90,9 +90,8 @@ def test_first_ctrl_c_returns_finished_outputs_and_the_rest_did_not_run(
     assert "the handler of before the run was called" not in stderr
 
 
-@pytest.mark.parametrize(
-    ("mode", "previous"), [("async", "custom"), ("sync", "default"), ("sync", "custom")]
-)
+@pytest.mark.parametrize("previous", ["default", "custom"])
+@pytest.mark.parametrize("mode", ["async", "sync"])
 def test_second_ctrl_c_during_a_slow_stop_raises_keyboard_interrupt(
     tmp_path: Path, mode: str, previous: str
 ) -> None:
