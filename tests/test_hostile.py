@@ -464,3 +464,72 @@ def test_the_progress_bar_counts_every_input_and_is_closed() -> None:
     assert isinstance(bar, RecordingBar)
     assert (bar.n, bar.total) == (50, 50)
     assert bar.close_calls >= 1
+
+
+# -- functions that look like the executor's own machinery -------------------------------
+
+
+@pytest.mark.looptime
+async def test_a_timeout_error_raised_by_the_function_is_an_error_not_a_timeout() -> None:
+    """The function's own TimeoutError is logged as raised and uses the error budget."""
+    raised: list[TimeoutError] = []
+
+    async def own_timeout(item: int) -> int:
+        await asyncio.sleep(0.5)
+        if item == 1:
+            raised.append(TimeoutError("the function's own"))
+            raise raised[-1]
+        return item
+
+    executor = AsyncExecutor(own_timeout, max_retries=2, exit_on_error=False, timeout=5.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    outputs, details = await executor.execute([0, 1, 2])
+    assert outputs == [0, _unset, 2]
+    assert [d.status for d in details] == [S.COMPLETED, S.FAILED, S.COMPLETED]
+    assert details[1].exceptions == raised
+    assert len(raised) == 3
+    assert loop.time() - start == 1.5  # three attempts of 0.5 s, none cut at 5 s
+
+
+@pytest.mark.looptime
+async def test_a_function_that_runs_an_executor_of_its_own() -> None:
+    async def inner(item: int) -> int:
+        await asyncio.sleep(1.0)
+        return 10 * item
+
+    async def outer(item: int) -> list[int]:
+        outputs, _ = await AsyncExecutor(inner, concurrency=2).execute([item, item + 1])
+        return outputs
+
+    with watched_run() as leftovers:
+        outputs, details = await AsyncExecutor(outer, concurrency=3).execute([1, 2, 3])
+        assert signal.getsignal(signal.SIGINT) is leftovers.handler
+    assert outputs == [[10, 20], [20, 30], [30, 40]]
+    assert {d.status for d in details} == {S.COMPLETED}
+    assert others() == []
+
+
+@pytest.mark.looptime
+async def test_one_executor_awaited_twice_side_by_side() -> None:
+    async def slow(item: int) -> int:
+        await asyncio.sleep(float(item))
+        return 10 * item
+
+    executor = AsyncExecutor(slow, concurrency=2)
+    with watched_run() as leftovers:
+        first, second = await asyncio.gather(executor.execute([3, 1, 2]), executor.execute([2, 1]))
+        assert signal.getsignal(signal.SIGINT) is leftovers.handler
+    assert first[0] == [30, 10, 20]
+    assert second[0] == [20, 10]
+    assert others() == []
+
+
+@pytest.mark.looptime
+async def test_unhashable_inputs_are_fine() -> None:
+    async def keys(item: dict[str, int]) -> list[str]:
+        await asyncio.sleep(float(len(item)))
+        return sorted(item)
+
+    outputs, _ = await AsyncExecutor(keys, concurrency=2).execute([{"b": 1, "a": 2}, {"c": 3}])
+    assert outputs == [["a", "b"], ["c"]]
