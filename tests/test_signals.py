@@ -106,6 +106,22 @@ def test_second_ctrl_c_during_a_slow_stop_raises_keyboard_interrupt(
     assert "the handler of before the run was called" not in stderr
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_ctrl_c_while_waiting_to_retry_a_rate_limit_returns_at_once(
+    tmp_path: Path, mode: str
+) -> None:
+    """The provider asked for an hour's wait; Ctrl-C ends the run now, not in an hour."""
+    child = Child(tmp_path, mode, "backoff", "default")
+    child.wait_for("ready")
+    child.interrupt()
+    report, stderr = child.finish()
+    assert report["raised"] is None
+    assert report["outputs"] == FINISHED + ["fallback"] * 6
+    assert report["statuses"] == ["COMPLETED"] * 4 + ["DID_NOT_RUN"] * 6
+    assert "interrupted; returning the outputs finished so far" in stderr
+    assert report["handler_restored"] is True
+
+
 def test_a_sync_executor_interrupted_once_runs_normally_next_time(tmp_path: Path) -> None:
     child = Child(tmp_path, "sync", "once", "default")
     child.wait_for("ready")

@@ -1,12 +1,14 @@
 """Run an executor until a real SIGINT arrives; driven by tests/test_signals.py.
 
-usage: python interrupt.py {async,sync} {once,twice} {default,custom} MARKER_DIR
+usage: python interrupt.py {async,sync} {once,twice,backoff} {default,custom} MARKER_DIR
 
 Inputs 0-3 finish at once; inputs from 4 on block until the run is interrupted.
 The script creates MARKER_DIR/ready when such a call is in flight. With ``twice``,
 the blocked call reacts to the first interruption with a slow cleanup (an hour) and
 creates MARKER_DIR/stopping when it starts it: only a second SIGINT ends that.
-``custom`` installs a SIGINT handler of its own before the run, ``default`` keeps
+With ``backoff``, those inputs raise a rate limit that asks to wait an hour instead,
+and MARKER_DIR/ready is created just before: the signal comes while the executor
+waits to retry. ``custom`` installs a SIGINT handler of its own before the run, ``default`` keeps
 Python's. It prints one JSON object: the outputs and statuses, what the run raised,
 whether the SIGINT handler of before the run is back, and for a sync executor that
 was interrupted once, the result of running it again.
@@ -23,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from evalexec.exceptions import RateLimitError
 from evalexec.executors import AsyncExecutor, ExecutionDetails, SyncExecutor
 
 FINISHED_AT_ONCE = 4
@@ -44,6 +47,8 @@ def main() -> None:
     async def generate_async(item: int) -> str:
         if item >= FINISHED_AT_ONCE and blocking:
             (markers / "ready").touch()
+            if times == "backoff":
+                raise RateLimitError(retry_after=HOUR)
             try:
                 await asyncio.sleep(HOUR)
             except asyncio.CancelledError:
@@ -56,6 +61,8 @@ def main() -> None:
     def generate_sync(item: int) -> str:
         if item >= FINISHED_AT_ONCE and blocking:
             (markers / "ready").touch()
+            if times == "backoff":
+                raise RateLimitError(retry_after=HOUR)
             try:
                 time.sleep(HOUR)
             except BaseException:
