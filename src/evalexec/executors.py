@@ -605,7 +605,9 @@ class AsyncExecutor:
                     index,
                     run.total,
                 )
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # from the user's iterable (or the checkpoint)
             run.crash(exc)
         finally:
             run.producing = False
