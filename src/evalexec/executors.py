@@ -688,14 +688,14 @@ class AsyncExecutor:
             if verdict.cooldown:
                 run.pause_for(verdict.cooldown)
         if not verdict.retry:
-            self._fail(run, work, repr(exc), verdict)
+            self._fail(run, work, _describe(exc), verdict)
             return
         work.errors += 1
         run.retries += 1
         logger.info(
-            "input %d raised %r (attempt %d); retrying in %.2f s",
+            "input %d raised %s (attempt %d); retrying in %.2f s",
             work.index,
-            exc,
+            _describe(exc),
             _attempts(work) - 1,
             verdict.delay,
         )
@@ -777,6 +777,14 @@ class AsyncExecutor:
             )
         if run.error is not None:
             raise run.error
+
+
+def _describe(exc: BaseException) -> str:
+    """`repr(exc)`, or a stand-in when the exception cannot even describe itself."""
+    try:
+        return repr(exc)
+    except Exception:
+        return f"<{type(exc).__qualname__} whose repr() failed>"
 
 
 def _attempts(work: _Work) -> int:
@@ -980,18 +988,20 @@ class SyncExecutor:
             verdict = decide(error, errors, self.max_retries, self.backoff)
             if not verdict.retry:
                 details.fail()
-                logger.warning("input %d FAILED after %d attempts: %r", index, errors + 1, error)
+                logger.warning(
+                    "input %d FAILED after %d attempts: %s", index, errors + 1, _describe(error)
+                )
                 if verdict.stop_run:
                     self._stop_reason = "quota exhausted"
                     logger.error(
                         "evalexec: stopping the run: the provider says the quota is "
-                        "exhausted (%r); retrying cannot help",
-                        error,
+                        "exhausted (%s); retrying cannot help",
+                        _describe(error),
                     )
                 return True, self.fallback_return_value, errors
             errors += 1
             wait = max(verdict.delay, verdict.cooldown or 0.0)
-            logger.info("attempt %d raised %r; retrying in %.2f s", errors, error, wait)
+            logger.info("attempt %d raised %s; retrying in %.2f s", errors, _describe(error), wait)
             if wait > 0 and not self._pause(min(wait, stop_at - self._clock())):
                 return False, None, errors
             start = self._clock()
