@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -533,3 +534,37 @@ async def test_unhashable_inputs_are_fine() -> None:
 
     outputs, _ = await AsyncExecutor(keys, concurrency=2).execute([{"b": 1, "a": 2}, {"c": 3}])
     assert outputs == [["a", "b"], ["c"]]
+
+
+class BrokenRepr(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("repr broke")
+
+    def __str__(self) -> str:
+        raise RuntimeError("str broke")
+
+
+@pytest.mark.parametrize("exit_on_error", [True, False])
+def test_an_exception_whose_repr_raises_fails_only_its_input(exit_on_error: bool) -> None:
+    async def raising(item: int) -> int:
+        await asyncio.sleep(0.01 * item)
+        if item == 1:
+            raise BrokenRepr()
+        return item
+
+    def raising_sync(item: int) -> int:
+        if item == 1:
+            raise BrokenRepr()
+        return item
+
+    logging.getLogger("evalexec").setLevel(logging.DEBUG)  # every message is formatted
+    for executor in (
+        AsyncExecutor(raising, max_retries=1, exit_on_error=exit_on_error),
+        SyncExecutor(raising_sync, max_retries=1, exit_on_error=exit_on_error),
+    ):
+        outputs, details = executor.run([0, 1, 2])
+        assert outputs[:2] == [0, _unset]
+        assert [d.status for d in details[:2]] == [S.COMPLETED, S.FAILED]
+        assert [type(e) for e in details[1].exceptions] == [BrokenRepr, BrokenRepr]
+        if not exit_on_error:
+            assert outputs[2] == 2

@@ -55,7 +55,8 @@ class Child:
                 pytest.fail(f"the child exited before {marker!r}:\n{stderr}")
             if time.monotonic() > deadline:
                 self.process.kill()
-                pytest.fail(f"the child never reached {marker!r}")
+                stdout, stderr = self.process.communicate()
+                pytest.fail(f"the child never reached {marker!r}:\n{stdout}\n{stderr}")
             time.sleep(POLL_SECONDS)
 
     def interrupt(self) -> None:

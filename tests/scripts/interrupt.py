@@ -46,10 +46,11 @@ def main() -> None:
 
     async def generate_async(item: int) -> str:
         if item >= FINISHED_AT_ONCE and blocking:
-            (markers / "ready").touch()
             if times == "backoff":
+                (markers / "ready").touch()
                 raise RateLimitError(retry_after=HOUR)
             try:
+                (markers / "ready").touch()
                 await asyncio.sleep(HOUR)
             except asyncio.CancelledError:
                 if times == "twice":
@@ -60,10 +61,12 @@ def main() -> None:
 
     def generate_sync(item: int) -> str:
         if item >= FINISHED_AT_ONCE and blocking:
-            (markers / "ready").touch()
             if times == "backoff":
+                (markers / "ready").touch()
                 raise RateLimitError(retry_after=HOUR)
             try:
+                # The signal may come as soon as the marker exists: inside the `try`.
+                (markers / "ready").touch()
                 time.sleep(HOUR)
             except BaseException:
                 if times == "twice":
