@@ -20,6 +20,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -30,6 +31,29 @@ from evalexec.executors import AsyncExecutor, ExecutionDetails, SyncExecutor
 
 FINISHED_AT_ONCE = 4
 HOUR = 3600.0
+TICK = 0.05
+
+
+# A signal that lands between Python's check for pending signals and the start of a
+# long blocking wait (time.sleep, or the event loop's select) is only handled when the
+# wait ends: any Python program has this race. The script waits in short steps, and
+# keeps the event loop waking up, so a test sees how the executor reacts instead.
+
+
+def sleep_in_ticks(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(TICK)
+
+
+def keep_waking(loop: asyncio.AbstractEventLoop) -> None:
+    """Wake `loop` every tick until it is closed (run in a daemon thread)."""
+    while not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(lambda: None)
+        except RuntimeError:  # closed meanwhile
+            return
+        time.sleep(TICK)
 
 
 def custom_handler(signum: int, frame: FrameType | None) -> None:
@@ -43,8 +67,13 @@ def main() -> None:
         signal.signal(signal.SIGINT, custom_handler)
     before = signal.getsignal(signal.SIGINT)
     blocking = True
+    waker: list[threading.Thread] = []
 
     async def generate_async(item: int) -> str:
+        if not waker:
+            loop = asyncio.get_running_loop()
+            waker.append(threading.Thread(target=keep_waking, args=(loop,), daemon=True))
+            waker[0].start()
         if item >= FINISHED_AT_ONCE and blocking:
             if times == "backoff":
                 (markers / "ready").touch()
@@ -67,11 +96,11 @@ def main() -> None:
             try:
                 # The signal may come as soon as the marker exists: inside the `try`.
                 (markers / "ready").touch()
-                time.sleep(HOUR)
+                sleep_in_ticks(HOUR)
             except BaseException:
                 if times == "twice":
                     (markers / "stopping").touch()
-                    time.sleep(HOUR)
+                    sleep_in_ticks(HOUR)
                 raise
         return f"out:{item}"
 
@@ -79,7 +108,9 @@ def main() -> None:
     if mode == "async":
         executor = AsyncExecutor(generate_async, concurrency=2, fallback_return_value="fallback")
     else:
-        executor = SyncExecutor(generate_sync, fallback_return_value="fallback")
+        executor = SyncExecutor(
+            generate_sync, fallback_return_value="fallback", sleep=sleep_in_ticks
+        )
 
     inputs = list(range(10))
     report: dict[str, Any] = {"raised": None}
