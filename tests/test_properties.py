@@ -10,8 +10,8 @@ with inputs, statuses, attempts, the stop at the first FAILED, and what the run
 leaves behind (tasks, signal handler, progress bar).
 
 AsyncExecutor runs on a fresh looptime loop per example (virtual time: a run of
-thousands of simulated seconds takes milliseconds); SyncExecutor on an injected
-clock and sleep. Profiles: ``ci`` (the default) and ``--hypothesis-profile=long``.
+thousands of simulated seconds takes milliseconds), through `execute()` or through
+`stream()` read at once or slowly; SyncExecutor on an injected clock and sleep. Profiles: ``ci`` (the default) and ``--hypothesis-profile=long``.
 """
 
 from __future__ import annotations
