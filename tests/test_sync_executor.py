@@ -743,3 +743,16 @@ def test_a_signal_between_a_failed_attempt_and_its_backoff_skips_the_sleep() -> 
     _, details = sync.run(["a", "b"])
     assert [d.status for d in details] == [ExecutionStatus.DID_NOT_RUN] * 2
     assert sleeps == []
+
+
+def test_an_async_function_is_refused_at_the_first_call() -> None:
+    """The mirror of AsyncExecutor's check: coroutines are not outputs."""
+    calls: list[int] = []
+
+    async def judge(item: int) -> int:
+        calls.append(item)
+        return item
+
+    with pytest.raises(TypeError, match=r"judge returned coroutine; use AsyncExecutor"):
+        SyncExecutor(judge).run([1, 2, 3])
+    assert calls == []  # the coroutine was closed unawaited: its body never ran

@@ -800,6 +800,20 @@ def _not_awaitable(fn: Callable[..., Any], result: object) -> TypeError:
     )
 
 
+def _refuse_awaitable(fn: Callable[..., Any], result: object) -> None:
+    """SyncExecutor's mirror of `_not_awaitable`: an `async def` function returns coroutines."""
+    if not inspect.isawaitable(result):
+        return
+    close = getattr(result, "close", None)
+    if callable(close):
+        close()  # no "coroutine was never awaited" warning later
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    raise TypeError(
+        f"SyncExecutor needs a plain function, but {name} returned {type(result).__name__}; "
+        "use AsyncExecutor for an `async def` function"
+    )
+
+
 def _refuse_nested_loop(what: str, instead: str) -> None:
     try:
         asyncio.get_running_loop()
@@ -901,6 +915,7 @@ class SyncExecutor:
         retries = 0
         drawn = 0
         completed = ExecutionStatus.COMPLETED
+        unchecked = True  # the first output tells whether the function is async by mistake
         checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
         progress = Progress(total, self.tqdm_bar_format, lambda: f"retries={retries}", clock)
         try:
@@ -939,6 +954,9 @@ class SyncExecutor:
                         finally:
                             self._in_call = False
                         record.execution_seconds += clock() - start
+                        if unchecked and error is None:
+                            unchecked = False
+                            _refuse_awaitable(generate, output)
                         if error is None:
                             record.status = completed
                         else:
