@@ -11,7 +11,8 @@ leaves behind (tasks, signal handler, progress bar).
 
 AsyncExecutor runs on a fresh looptime loop per example (virtual time: a run of
 thousands of simulated seconds takes milliseconds), through `execute()` or through
-`stream()` read at once or slowly; SyncExecutor on an injected clock and sleep. Profiles: ``ci`` (the default) and ``--hypothesis-profile=long``.
+`stream()` read at once or slowly; SyncExecutor on an injected clock and sleep.
+Profiles: ``ci`` (the default) and ``--hypothesis-profile=long``.
 """
 
 from __future__ import annotations
