@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,3 +100,34 @@ class FakeGenerate:
         if kind == "ok":
             return output_for(item)
         raise make_exception(kind, item, attempt)
+
+
+class FakeTime:
+    """A clock and a sleep (for SyncExecutor's seams) that only move when told to; every
+    sleep is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class SizedOnly:
+    """Inputs with `__len__` and `__iter__` but no `__getitem__`; counts its iterations."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.iterated = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Any]:
+        self.iterated += 1
+        return iter(self.items)

@@ -17,7 +17,7 @@ from evalexec.executors import (
     ExecutionStatus,
     _unset,
 )
-from tests.fakes import FakeError, FakeGenerate, output_for
+from tests.fakes import FakeError, FakeGenerate, SizedOnly, output_for
 
 pytestmark = pytest.mark.looptime
 
@@ -255,21 +255,6 @@ def test_zero_and_one_inputs(inputs: list[int]) -> None:
     outputs, details = AsyncExecutor(FakeGenerate()).run(inputs)
     assert outputs == [output_for(i) for i in inputs]
     assert len(details) == len(inputs)
-
-
-class SizedOnly:
-    """Has __len__ and __iter__ but no __getitem__."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-        self.iterated = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[Any]:
-        self.iterated += 1
-        return iter(self.items)
 
 
 async def test_any_sized_iterable_is_accepted_and_iterated_once() -> None:

@@ -27,7 +27,7 @@ from evalexec.executors import (
     SyncExecutor,
     _unset,
 )
-from tests.fakes import FakeError, FakeGenerate, output_for
+from tests.fakes import FakeError, FakeGenerate, FakeTime, output_for
 
 pytestmark = pytest.mark.looptime
 
@@ -194,21 +194,6 @@ async def test_an_error_that_ends_a_stream_run_is_raised_by_the_iterator() -> No
 
 
 # -- SyncExecutor.stream ------------------------------------------------------------------
-
-
-class FakeTime:
-    """A clock and a sleep for SyncExecutor that move only when told; sleeps are kept."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def test_sync_stream_draws_a_generator_lazily_and_yields_each_input_when_final() -> None:

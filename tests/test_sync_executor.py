@@ -20,25 +20,10 @@ import pytest
 from evalexec._retry import Backoff
 from evalexec.exceptions import PhoenixException, RateLimitError
 from evalexec.executors import ExecutionDetails, ExecutionStatus, SyncExecutor, _unset
-from tests.fakes import FakeError, FakeGenerate, output_for
+from tests.fakes import FakeError, FakeGenerate, FakeTime, SizedOnly, output_for
 
 S = ExecutionStatus
 NO_JITTER = Backoff(initial=1.0, maximum=60.0, multiplier=2.0, jitter=0.0)
-
-
-class FakeTime:
-    """A clock and a sleep that only move when told to; every sleep is recorded."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class TimedFake:
@@ -327,21 +312,6 @@ def test_a_deadline_shortens_a_long_backoff_sleep_and_stops_the_run(
 
 
 # -- inputs -------------------------------------------------------------------------------
-
-
-class SizedOnly:
-    """Has `__len__` and `__iter__` but no `__getitem__`."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-        self.iterated = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __iter__(self) -> Iterator[Any]:
-        self.iterated += 1
-        return iter(self.items)
 
 
 def test_a_sized_iterable_without_getitem_is_accepted_and_iterated_once() -> None:
