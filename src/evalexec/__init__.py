@@ -4,6 +4,7 @@ Swap ``from phoenix.evals.executors import AsyncExecutor`` for
 ``from evalexec.executors import AsyncExecutor`` and keep everything else.
 """
 
+from evalexec._checkpoint import CheckpointError, RecordedError
 from evalexec._retry import Backoff
 from evalexec.exceptions import (
     ErrorKind,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncExecutor",
     "Backoff",
+    "CheckpointError",
     "ConcurrencyController",
     "ErrorKind",
     "ErrorReport",
@@ -38,6 +40,7 @@ __all__ = [
     "Executor",
     "PhoenixException",
     "RateLimitError",
+    "RecordedError",
     "SyncExecutor",
     "Unset",
     "__version__",
