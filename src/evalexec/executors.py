@@ -357,44 +357,47 @@ class _Run:
     # -- the life of an input -----------------------------------------------------------
     def admit(self, index: int, item: Any) -> None:
         details = ExecutionDetails() if self.details is None else self.details[index]
-        work = _Work(index, item, details)
         self.produced += 1
-        self.queue.put_nowait((0, index, work))
+        self.enqueue(_Work(index, item, details))
+
+    def enqueue(self, work: _Work) -> None:
+        """Queue `work`: each logged error lowers its priority number by one, so retries
+        run before fresh inputs; timeouts keep it."""
+        self.queue.put_nowait((-work.errors, work.index, work))
+
+    def requeue(self, work: _Work, delay: float) -> None:
+        if delay > 0:
+            self.delayed[work.index] = self.loop.call_later(delay, self._requeue_now, work)
+        else:
+            self.enqueue(work)
+
+    def _requeue_now(self, work: _Work) -> None:
+        del self.delayed[work.index]
+        self.enqueue(work)
 
     def restored(self, index: int, output: Any, details: ExecutionDetails) -> None:
         """Input `index` finished in an earlier run: take its result from the checkpoint."""
         if self.details is not None:
             self.details[index] = details
         self.produced += 1
-        self.finished += 1
-        if self.release_room:
-            self.room.release()
-        self.on_final(index, output, details)
-        self.progress.advance(details.status)
-
-    def requeue(self, work: _Work, delay: float) -> None:
-        if delay > 0:
-            self.delayed[work.index] = self.loop.call_later(delay, self._requeue_now, work)
-        else:
-            self.queue.put_nowait((-work.errors, work.index, work))
-
-    def _requeue_now(self, work: _Work) -> None:
-        del self.delayed[work.index]
-        self.queue.put_nowait((-work.errors, work.index, work))
+        self._final(index, output, details)
 
     def finish(self, work: _Work, output: Any) -> None:
         """`work` reached its final status (COMPLETED, COMPLETED_WITH_RETRIES or FAILED)."""
-        self.finished += 1
-        if self.release_room:
-            self.room.release()
         if self.checkpoint is not None:
             try:
                 self.checkpoint.record(work.index, work.input, output, work.details)
             except CheckpointError as exc:
                 self.crash(exc)
-        self.on_final(work.index, output, work.details)
-        self.progress.advance(work.details.status)
+        self._final(work.index, output, work.details)
         self.end_if_done()
+
+    def _final(self, index: int, output: Any, details: ExecutionDetails) -> None:
+        self.finished += 1
+        if self.release_room:
+            self.room.release()
+        self.on_final(index, output, details)
+        self.progress.advance(details.status)
 
     def end_if_done(self) -> None:
         if not self.producing and self.finished == self.produced:
@@ -938,22 +941,13 @@ class SyncExecutor:
                             details[index] = record
                     else:
                         record = ExecutionDetails() if details is None else details[index]
-                        start = clock()
-                        if start >= stop_at:
+                        if stop_at != math.inf and clock() >= stop_at:
                             self._stop_reason = "deadline"
                             break
-                        error: Exception | None = None
-                        self._in_call = True
                         try:
-                            output = generate(item)
+                            output, error = self._call(item, record)
                         except _Interrupted:
-                            record.execution_seconds += clock() - start
                             break
-                        except Exception as exc:
-                            error = exc
-                        finally:
-                            self._in_call = False
-                        record.execution_seconds += clock() - start
                         if unchecked and error is None:
                             unchecked = False
                             _refuse_awaitable(generate, output)
@@ -1022,27 +1016,33 @@ class SyncExecutor:
             logger.info("attempt %d raised %s; retrying in %.2f s", errors, _describe(error), wait)
             if wait > 0 and not self._pause(min(wait, stop_at - self._clock())):
                 return False, None, errors
-            start = self._clock()
-            if start >= stop_at:
+            if self._clock() >= stop_at:
                 self._stop_reason = "deadline"
             if self._stop_reason is not None:
                 return False, None, errors
             try:
-                self._in_call = True
-                try:
-                    output = self.generate(item)
-                finally:
-                    self._in_call = False
+                output, failure = self._call(item, details)
             except _Interrupted:
-                details.execution_seconds += self._clock() - start
                 return False, None, errors
-            except Exception as exc:
-                details.execution_seconds += self._clock() - start
-                error = exc
+            if failure is not None:
+                error = failure
                 continue
-            details.execution_seconds += self._clock() - start
             details.complete()
             return True, output, errors
+
+    def _call(self, item: Any, details: ExecutionDetails) -> tuple[Any, Exception | None]:
+        """One attempt: ``(output, None)`` or ``(None, error)``; its seconds are added to
+        `details`. The first termination signal raises `_Interrupted` out of it."""
+        clock = self._clock
+        start = clock()
+        self._in_call = True
+        try:
+            return self.generate(item), None
+        except Exception as exc:
+            return None, exc
+        finally:
+            self._in_call = False
+            details.execution_seconds += clock() - start
 
     def _pause(self, seconds: float) -> bool:
         """Sleep between attempts; False if the run was asked to stop, before or during it."""
