@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
+import copy
 import inspect
+import pickle
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -366,15 +368,31 @@ def test_details_use_slots() -> None:
         details.unexpected = 1  # type: ignore[attr-defined]
 
 
-@pytest.mark.looptime
-async def test_log_runtime_adds_the_seconds_since_start_cumulatively() -> None:
-    loop = asyncio.get_running_loop()
+def test_log_runtime_takes_a_wall_clock_start_as_phoenix_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Phoenix's callers pass ``time.time()``; the seconds since then are added."""
+    wall = [1_700_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: wall[0])
     details = ExecutionDetails()
-    start = loop.time()
-    await asyncio.sleep(2.5)
+    start = wall[0]
+    wall[0] += 2.5
     details.log_runtime(start)
     assert details.execution_seconds == 2.5
-    start = loop.time()
-    await asyncio.sleep(1.0)
+    start = wall[0]
+    wall[0] += 1.0
     details.log_runtime(start)
     assert details.execution_seconds == 3.5
+
+
+@pytest.mark.parametrize("copier", [pickle.loads, copy.copy, copy.deepcopy])
+def test_the_unset_sentinel_survives_pickling_and_copying(copier: Any) -> None:
+    value = pickle.dumps(_unset) if copier is pickle.loads else _unset
+    assert copier(value) is _unset
+    assert pickle.loads(pickle.dumps([_unset, 1]))[0] is _unset
+
+
+def test_public_records_show_their_public_module() -> None:
+    for cls in (ExecutionDetails, ExecutionStatus, Unset):
+        assert cls.__module__ == "evalexec.executors"
+    assert pickle.loads(pickle.dumps(ExecutionStatus.FAILED)) is ExecutionStatus.FAILED

@@ -20,10 +20,12 @@ import pickle
 import sqlite3
 import threading
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from evalexec.executors import ExecutionDetails
+from evalexec._details import STORED_STATUSES, ExecutionDetails, ExecutionStatus
+
+_STORED_STATUSES = frozenset(status.value for status in STORED_STATUSES)
+
 
 __all__ = ["Checkpoint", "CheckpointError", "RecordedError"]
 
@@ -32,7 +34,6 @@ logger = logging.getLogger("evalexec")
 _APPLICATION_ID = 0x65766578  # "evex": marks a SQLite file as an evalexec checkpoint
 _SCHEMA_VERSION = 1
 _PICKLE_PROTOCOL = 5
-_STORED_STATUSES = ("COMPLETED", "COMPLETED WITH RETRIES")  # ExecutionStatus values
 
 _SCHEMA = """
 CREATE TABLE results (
@@ -347,8 +348,6 @@ def _short(fingerprint: str) -> int:
 
 
 def _details(status: str, seconds: float, exceptions: str) -> ExecutionDetails:
-    from evalexec.executors import ExecutionDetails, ExecutionStatus
-
     details = ExecutionDetails()
     details.status = ExecutionStatus(status)
     details.execution_seconds = float(seconds)

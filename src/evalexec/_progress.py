@@ -10,10 +10,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from evalexec._details import ExecutionStatus
+
 __all__ = ["Progress"]
 
 _STATUS_EVERY_SECONDS = 0.25
-_SUMMARY_ORDER = ("COMPLETED", "COMPLETED WITH RETRIES", "FAILED")
+_SUMMARY_ORDER = tuple(
+    status.value
+    for status in (
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.COMPLETED_WITH_RETRIES,
+        ExecutionStatus.FAILED,
+    )
+)
 
 
 class Progress:
@@ -83,6 +92,8 @@ class Progress:
         self.refresh(force=True)
         bar.close()
         counts = [(status, self._counts[status]) for status in _SUMMARY_ORDER]
-        counts.append(("DID NOT RUN", max(0, inputs - sum(self._counts.values()))))
+        counts.append(
+            (ExecutionStatus.DID_NOT_RUN.value, max(0, inputs - sum(self._counts.values())))
+        )
         parts = ", ".join(f"{count} {status.lower()}" for status, count in counts)
         self.write(f"evalexec: {parts}; {retries} retries; {seconds:.1f} s")

@@ -25,12 +25,12 @@ from collections.abc import (
     Iterable,
     Sized,
 )
-from enum import Enum
 from typing import Any, Protocol
 
 from evalexec._checkpoint import Checkpoint, CheckpointError
-from evalexec._clock import now as _now
 from evalexec._controller import ConcurrencyController
+from evalexec._details import ExecutionDetails, ExecutionStatus, Unset
+from evalexec._details import _unset as _unset
 from evalexec._progress import Progress
 from evalexec._retry import Backoff, Verdict, decide
 from evalexec._signals import handler_restored, termination_handler
@@ -51,72 +51,6 @@ logger = logging.getLogger("evalexec")
 
 _DEFAULT_TIMEOUT_SECONDS = 60
 _DEFAULT_BACKOFF = Backoff()
-
-
-class Unset:
-    """Type of `_unset`, the default fallback output of inputs that did not complete."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-_unset = Unset()
-
-
-class ExecutionStatus(Enum):
-    DID_NOT_RUN = "DID NOT RUN"
-    COMPLETED = "COMPLETED"
-    COMPLETED_WITH_RETRIES = "COMPLETED WITH RETRIES"
-    FAILED = "FAILED"
-
-
-class ExecutionDetails:
-    """What happened to one input: its status, the exceptions of failed attempts, and
-    the seconds spent in attempts (cumulative)."""
-
-    __slots__ = ("_exceptions", "execution_seconds", "status")
-
-    def __init__(self) -> None:
-        self._exceptions: list[BaseException] | None = None
-        self.status = ExecutionStatus.DID_NOT_RUN
-        self.execution_seconds: float = 0.0
-
-    @property
-    def exceptions(self) -> list[BaseException]:
-        """The exceptions of failed attempts (timeouts as `TimeoutError`), in order."""
-        if self._exceptions is None:
-            self._exceptions = []
-        return self._exceptions
-
-    @exceptions.setter
-    def exceptions(self, value: list[BaseException]) -> None:
-        self._exceptions = value
-
-    def fail(self) -> None:
-        self.status = ExecutionStatus.FAILED
-
-    def complete(self) -> None:
-        self.status = (
-            ExecutionStatus.COMPLETED_WITH_RETRIES
-            if self._exceptions
-            else ExecutionStatus.COMPLETED
-        )
-
-    def log_exception(self, exc: BaseException) -> None:
-        self.exceptions.append(exc)
-
-    def log_runtime(self, start_time: float) -> None:
-        """Add the seconds since `start_time` (on evalexec's monotonic clock)."""
-        self.execution_seconds += _now() - start_time
-
-    def __repr__(self) -> str:
-        return (
-            f"ExecutionDetails(status={self.status.value!r}, "
-            f"exceptions={self._exceptions or []!r}, "
-            f"execution_seconds={self.execution_seconds!r})"
-        )
 
 
 class Executor(Protocol):
