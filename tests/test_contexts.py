@@ -200,7 +200,7 @@ def in_thread(target: Callable[[], Any]) -> Any:
     return result[0]
 
 
-def test_off_the_main_thread_the_factory_picks_sync_without_a_handler(
+def test_off_the_main_thread_the_factory_picks_threaded_sync_without_a_handler(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     before = signal.getsignal(signal.SIGINT)
@@ -218,10 +218,11 @@ def test_off_the_main_thread_the_factory_picks_sync_without_a_handler(
         executor, (outputs, details) = in_thread(body)
     assert isinstance(executor, SyncExecutor)
     assert executor.termination_signal is None
+    assert executor.concurrency == 3  # the factory's default concurrency, on threads
     assert outputs == DONE
     assert [d.status for d in details] == [ExecutionStatus.COMPLETED] * 3
     assert seen == [before] * 3
-    assert "async execution needs the main thread" in caplog.text
+    assert "running the sync function on 3 worker threads" in caplog.text
 
 
 def test_off_the_main_thread_run_sync_silences_the_warning(

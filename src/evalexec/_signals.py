@@ -3,6 +3,11 @@
 Installed only on the main thread, for the duration of a run: the first signal asks
 the run to stop gracefully, the second raises `KeyboardInterrupt` at once. The
 previous handler is put back on every path, if the handler is still ours.
+
+Runs that are live at the same time in one process (nested, or awaited side by side)
+share one handler: a Ctrl-C stops all of them, the user is told once, and the next
+Ctrl-C aborts. The handler that was there before the first of them comes back when
+the last one ends.
 """
 
 from __future__ import annotations
@@ -13,58 +18,77 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["handler_restored", "termination_handler"]
+__all__ = ["OnSignal", "handler_restored", "termination_handler"]
+
+OnSignal = Callable[[bool], bool]
+"""Called on the first signal with ``announce`` (True for the one run that tells the
+user); returns True to raise `_Interrupted`-style control flow in the signalled frame
+(a sequential sync run whose call is on the stack), which the caller supplies."""
 
 
-class _Installed:
-    """One handler installed by a run; `alive` until that run ends."""
+class _Shared:
+    """The one handler of a signal while evalexec runs are live, and those runs."""
 
-    __slots__ = ("alive", "previous")
+    __slots__ = ("handler", "interrupt", "previous", "received", "runs")
 
     def __init__(self, previous: object) -> None:
-        self.previous = previous
-        self.alive = True
+        self.previous = previous  # the handler found before the first run installed ours
+        self.runs: list[OnSignal] = []  # live runs, oldest first
+        self.received = False  # the first signal came: the next one aborts
+        self.interrupt: type[BaseException] | None = None
+        self.handler: Callable[[int, FrameType | None], None] = self._handle
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+        raise_in_frame = False
+        # The newest run (the innermost of a nest) tells the user; every run stops.
+        for position, on_signal in enumerate(reversed(list(self.runs))):
+            raise_in_frame |= on_signal(position == 0)
+        if raise_in_frame and self.interrupt is not None:
+            raise self.interrupt
 
 
-def _record(handler: object) -> _Installed | None:
-    record = getattr(handler, "_evalexec_installed", None)
-    return record if isinstance(record, _Installed) else None
+_installed: dict[int, _Shared] = {}
+_lock = threading.Lock()
 
 
 @contextmanager
-def termination_handler(signum: int | None, on_first_signal: Callable[[], None]) -> Iterator[bool]:
+def termination_handler(
+    signum: int | None,
+    on_first_signal: OnSignal,
+    interrupt: type[BaseException] | None = None,
+) -> Iterator[bool]:
     """Call `on_first_signal` on the first `signum`; raise KeyboardInterrupt on the next.
 
     Yields whether a handler was installed (never off the main thread, never when
-    `signum` is None). Runs may nest (two executors awaited side by side): each
-    restores, when it ends, the nearest handler below it whose run is still going, or
-    the one that was there before any of them.
+    `signum` is None). When `on_first_signal` returns True, `interrupt` is raised in
+    the frame the signal landed in.
     """
     if signum is None or threading.current_thread() is not threading.main_thread():
         yield False
         return
-
-    received = False
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        nonlocal received
-        if received:
-            raise KeyboardInterrupt
-        received = True
-        on_first_signal()
-
-    record = _Installed(signal.getsignal(signum))
-    handler._evalexec_installed = record  # type: ignore[attr-defined]
-    signal.signal(signum, handler)
+    with _lock:
+        shared = _installed.get(signum)
+        if shared is None or signal.getsignal(signum) is not shared.handler:
+            shared = _Shared(signal.getsignal(signum))
+            _installed[signum] = shared
+            signal.signal(signum, shared.handler)
+        if interrupt is not None:
+            shared.interrupt = interrupt
+        shared.runs.append(on_first_signal)
     try:
         yield True
     finally:
-        record.alive = False
-        if signal.getsignal(signum) is handler:
-            previous = record.previous
-            while (below := _record(previous)) is not None and not below.alive:
-                previous = below.previous
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]
+        with _lock:
+            shared.runs.remove(on_first_signal)
+            if not shared.runs:
+                if _installed.get(signum) is shared:
+                    del _installed[signum]
+                if signal.getsignal(signum) is shared.handler:
+                    previous = shared.previous
+                    signal.signal(signum, signal.SIG_DFL if previous is None else previous)  # type: ignore[arg-type]
 
 
 @contextmanager

@@ -1,0 +1,548 @@
+"""The engine both executors run on: one scheduler, one place that settles an attempt.
+
+A run is a producer that draws inputs lazily into a priority queue, ``concurrency``
+workers that take them through the dispatch `Gate`, and one coroutine (`Run.drive`)
+that owns every task's life. `AsyncExecutor` hands it the user's coroutine function;
+the threaded `SyncExecutor` hands it a function that runs the user's plain function on
+a worker thread. Everything else is the same code: retries and their budgets, backoff
+off the worker, a provider's hint pausing every new call, the adaptive controller,
+per-attempt timeouts, the checkpoint, the deadline, the status line and Ctrl-C.
+
+Policy lives elsewhere and is pure: `_retry.decide` (whether and when an error is
+retried), `_controller` (the adaptive target), `_gate` (who may start now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import os
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from evalexec import _messages as say
+from evalexec._checkpoint import Checkpoint, CheckpointError
+from evalexec._controller import ConcurrencyController
+from evalexec._details import ExecutionDetails
+from evalexec._gate import Gate
+from evalexec._messages import StopReason
+from evalexec._progress import Progress
+from evalexec._retry import Backoff, decide
+from evalexec._signals import termination_handler
+from evalexec.exceptions import ErrorKind
+
+__all__ = ["IncompleteRunError", "OnFinal", "Run", "RunConfig", "drive"]
+
+OnFinal = Callable[[int, Any, ExecutionDetails], None]
+
+# Inputs drawn and not yet final, per worker: enough to keep every worker busy while
+# the producer sleeps, small enough that a million-input stream holds little.
+WINDOW_PER_WORKER = 4
+# The producer gives the loop a turn after this many inputs in a row that needed no
+# wait (restored from a checkpoint, say), so a Ctrl-C or a timer is never held up.
+DRAW_BATCH = 256
+
+
+class IncompleteRunError(Exception):
+    """The run stopped early because the inputs or the checkpoint raised an error.
+
+    Nothing that finished is lost: ``outputs`` and ``details`` are the run's two lists
+    (the inputs that did not finish are DID NOT RUN), and the original error is this
+    one's ``__cause__``.
+    """
+
+    def __init__(self, cause: BaseException, outputs: list[Any], details: list[Any]) -> None:
+        finished = sum(d.status.value != "DID NOT RUN" for d in details)
+        super().__init__(
+            f"the run stopped early: {say.describe(cause)}; the {finished} outputs that "
+            "finished are on this error's .outputs and .details (the rest are DID NOT RUN)"
+        )
+        self.outputs = outputs
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """What a run is made with: the executor's settings, frozen for the run."""
+
+    call: Callable[[Any], Any]  # one attempt: called with an input, returns an awaitable
+    function: Callable[..., Any]  # the user's function (for messages and the checkpoint)
+    concurrency: int
+    max_retries: int
+    exit_on_error: bool
+    fallback: Any
+    timeout: float  # seconds per attempt; math.inf for none
+    backoff: Backoff | None
+    deadline: float | None
+    termination_signal: signal.Signals | None
+    bar_format: str | None
+    checkpoint: str | os.PathLike[str] | None
+    controller: Any  # ConcurrencyController, or any object with its four members
+    check_output: Callable[[Any], None] | None = None  # raises if an output is a misuse
+
+
+class _Work:
+    """One input in play: its index, its value, and its attempt counts so far."""
+
+    __slots__ = ("details", "errors", "index", "input", "timeouts")
+
+    def __init__(self, index: int, input: Any, details: ExecutionDetails) -> None:
+        self.index = index
+        self.input = input
+        self.details = details
+        self.errors = 0  # attempts that raised (each lowers the queue priority by one)
+        self.timeouts = 0  # attempts that timed out (they keep the priority)
+
+    @property
+    def attempts(self) -> int:
+        return self.errors + self.timeouts + 1
+
+
+_Entry = tuple[int, int, _Work]  # (priority, index, work): retries sort before fresh inputs
+
+
+class _Steering:
+    """The controller's feedback, and the gate's limit that follows it.
+
+    Our own `ConcurrencyController` changes its target only when told of an event, so
+    the limit is moved right after each event. Any other controller (Phoenix's, or a
+    user's) may change from outside, so its target is also re-read every
+    ``inactive_check_interval`` seconds while the run lasts.
+    """
+
+    __slots__ = ("_controller", "_gate", "_observe", "_own", "_poll")
+
+    def __init__(self, controller: Any, gate: Gate, loop: asyncio.AbstractEventLoop) -> None:
+        self._controller = controller
+        self._gate = gate
+        self._own = isinstance(controller, ConcurrencyController)
+        self._observe: Callable[[int], None] | None = getattr(controller, "observe_inflight", None)
+        self._poll: asyncio.TimerHandle | None = None
+        if controller is not None:
+            self.follow()
+            if not self._own:
+                interval = float(getattr(controller, "inactive_check_interval", 1.0))
+                self._poll = loop.call_later(interval, self._look_again, loop, interval)
+
+    def follow(self) -> None:
+        self._gate.limit = int(self._controller.target_concurrency)
+
+    def _look_again(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.follow()
+        self._poll = loop.call_later(interval, self._look_again, loop, interval)
+
+    def close(self) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+
+    def started(self, inflight: int) -> None:
+        if self._observe is not None:
+            self._observe(inflight)
+
+    def succeeded(self, latency: float) -> None:
+        if self._controller is not None:
+            self._controller.record_success(latency)
+            self.follow()
+
+    def timed_out(self) -> None:
+        if self._controller is not None:
+            self._controller.record_timeout()
+            self.follow()
+
+    def refused(self, started_at: float, inflight: int) -> None:
+        """A rate-limit error for an attempt started at `started_at`."""
+        if self._controller is None:
+            return
+        if self._observe is not None:
+            self._observe(inflight)  # what was in flight when it was refused
+        if self._own:
+            self._controller.record_error(started_at=started_at)
+        else:
+            self._controller.record_error()
+        self.follow()
+
+
+class Run:
+    """The state of one run. `drive` owns its life; nothing outside changes it."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        total: int | None,
+        details: list[ExecutionDetails] | None,
+        on_final: OnFinal,
+        room: asyncio.Semaphore | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.config = config
+        self.total = total  # len(inputs), or None for a stream of unknown length
+        self.details = details  # the caller's list to fill in, or None for a stream
+        self.on_final = on_final  # told of each input once, when it is final
+        self.store: Checkpoint | None = None
+        self.started_at = loop.time()
+        self.queue: asyncio.PriorityQueue[_Entry] = asyncio.PriorityQueue()
+        # At most `window` inputs are drawn and not yet final (or, for a stream that
+        # passes its own `room`, not yet taken by its reader).
+        window = WINDOW_PER_WORKER * config.concurrency
+        self.room = asyncio.Semaphore(window) if room is None else room
+        self.release_room = room is None
+        self.gate = Gate(config.concurrency)
+        self.steering = _Steering(config.controller, self.gate, loop)
+        # The stop: `stop` is None while the run goes on, then why it ends (the first
+        # reason wins); `stopped` is set at the same moment, for `drive` to wake on.
+        self.stop: StopReason | None = None
+        self.stopped = asyncio.Event()
+        self.error: BaseException | None = None  # what `drive` raises once all is stopped
+        self.error_is_partial = False  # the error came from the inputs or the checkpoint
+        # Counts. Invariants: finished <= produced; inflight <= concurrency; the run is
+        # complete when not producing and finished == produced.
+        self.producing = True
+        self.produced = 0  # inputs drawn (restored ones included)
+        self.finished = 0  # inputs that reached a final status
+        self.inflight = 0  # attempts started and not yet ended
+        self.retries = 0
+        self.rate_limits = 0
+        self.failures = 0
+        self.delayed: dict[int, asyncio.TimerHandle] = {}  # retries waiting out a backoff
+        self.attempting: set[asyncio.Task[None]] = set()  # workers inside an attempt
+        self.progress = Progress(total, config.bar_format, self.status_text, loop.time)
+
+    # -- the life of an input -----------------------------------------------------------
+    async def produce(self, inputs: Iterable[Any]) -> None:
+        """Draw inputs lazily and queue them, keeping at most a window of them in play."""
+        store = self.store
+        try:
+            iterator = iter(inputs)
+            index = 0
+            while True:
+                if index % DRAW_BATCH == DRAW_BATCH - 1:
+                    await asyncio.sleep(0)
+                await self.room.acquire()
+                if self.stop is not None:
+                    return
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    break
+                if self.total is not None and index >= self.total:
+                    say.inputs_more_than_len(self.total)
+                    break
+                stored = None if store is None else store.restore(index, item)
+                if stored is None:
+                    details = ExecutionDetails() if self.details is None else self.details[index]
+                    self.produced += 1
+                    self.enqueue(_Work(index, item, details))
+                else:
+                    self.restored(index, *stored)
+                index += 1
+            if self.total is not None and index < self.total:
+                say.inputs_fewer_than_len(index, self.total)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # from the user's iterable (or the checkpoint)
+            self.crash(exc, partial=True)
+        except BaseException as exc:  # KeyboardInterrupt and the like, from the iterable
+            self.crash(exc)
+        finally:
+            self.producing = False
+            self.end_if_done()
+
+    def enqueue(self, work: _Work) -> None:
+        """Queue `work`: each logged error lowers its priority number by one, so retries
+        run before fresh inputs; timeouts keep it."""
+        self.queue.put_nowait((-work.errors, work.index, work))
+
+    def requeue(self, work: _Work, delay: float) -> None:
+        if delay > 0:
+            self.delayed[work.index] = self.loop.call_later(delay, self._requeue_now, work)
+        else:
+            self.enqueue(work)
+
+    def _requeue_now(self, work: _Work) -> None:
+        del self.delayed[work.index]
+        self.enqueue(work)
+
+    def restored(self, index: int, output: Any, details: ExecutionDetails) -> None:
+        """Input `index` finished in an earlier run: take its result from the checkpoint."""
+        if self.details is not None:
+            self.details[index] = details
+        self.produced += 1
+        self._final(index, output, details)
+
+    def finish(self, work: _Work, output: Any) -> None:
+        """`work` reached its final status (COMPLETED, COMPLETED_WITH_RETRIES or FAILED)."""
+        if self.store is not None:
+            try:
+                self.store.record(work.index, work.input, output, work.details)
+            except CheckpointError as exc:
+                self.crash(exc, partial=True)
+        self._final(work.index, output, work.details)
+        self.end_if_done()
+
+    def _final(self, index: int, output: Any, details: ExecutionDetails) -> None:
+        self.finished += 1
+        if self.release_room:
+            self.room.release()
+        self.on_final(index, output, details)
+        self.progress.advance(details.status)
+
+    # -- workers and attempts -----------------------------------------------------------
+    async def work(self) -> None:
+        """Take queued inputs through the gate and attempt them, until the run stops."""
+        gate = self.gate
+        queue = self.queue
+        try:
+            while self.stop is None:
+                await gate.acquire()
+                try:
+                    entry = await queue.get()
+                    if self.stop is not None:
+                        return
+                    if gate.over_limit() or gate.paused():
+                        # The limit was cut, or a pause began, while this worker waited
+                        # for work: hand the input back and queue up at the gate again.
+                        queue.put_nowait(entry)
+                        continue
+                    await self.attempt(entry[2])
+                finally:
+                    gate.release()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit, any abort of the function's
+            self.crash(exc)  # the run stops in order, then drive() raises it
+
+    async def attempt(self, work: _Work) -> None:
+        """Make one attempt on `work`, then settle what happens next."""
+        config = self.config
+        loop = self.loop
+        task = asyncio.current_task()
+        assert task is not None
+        self.inflight += 1
+        self.attempting.add(task)
+        self.steering.started(self.inflight)
+        start = loop.time()
+        scope = asyncio.timeout(None if math.isinf(config.timeout) else config.timeout)
+        error: BaseException | None = None
+        output: Any = None
+        try:
+            async with scope:
+                awaitable = config.call(work.input)
+                if not inspect.isawaitable(awaitable):
+                    self.crash(_not_awaitable(config.function, awaitable))
+                    return
+                output = await awaitable
+        except asyncio.CancelledError as exc:
+            if task.cancelling():
+                raise
+            error = exc  # raised by the function itself, not by us
+        except Exception as exc:
+            error = exc
+        finally:
+            elapsed = loop.time() - start
+            work.details.execution_seconds += elapsed
+            self.inflight -= 1
+            self.attempting.discard(task)
+        if scope.expired():
+            # Timed out, whether the function let the cancellation through or swallowed
+            # it and returned something: a value returned after our cancellation is
+            # not the function's answer.
+            self.timed_out(work)
+        elif task.cancelling() or self.stop == "interrupted":
+            # We cancelled this call, or a Ctrl-C reached everything (a run nested in
+            # the function included), and the function returned anyway: what it returns
+            # is not its answer. The input stays DID NOT RUN.
+            raise asyncio.CancelledError
+        elif error is not None:
+            self.errored(work, error, start)
+        elif config.check_output is not None and self._misused(output):
+            return
+        else:
+            work.details.complete()
+            self.steering.succeeded(elapsed)
+            self.finish(work, output)
+
+    def _misused(self, output: Any) -> bool:
+        assert self.config.check_output is not None
+        try:
+            self.config.check_output(output)
+        except Exception as exc:
+            self.crash(exc)
+            return True
+        return False
+
+    def timed_out(self, work: _Work) -> None:
+        timeout = self.config.timeout
+        work.details.log_exception(TimeoutError(f"attempt timed out after {timeout} s"))
+        work.timeouts += 1
+        self.steering.timed_out()
+        if work.timeouts > self.config.max_retries:
+            self.fail(work, f"timed out {work.timeouts} times")
+            return
+        self.retries += 1
+        say.timed_out(work.index, work.attempts)
+        self.requeue(work, 0.0)
+
+    def errored(self, work: _Work, exc: BaseException, started_at: float) -> None:
+        config = self.config
+        work.details.log_exception(exc)
+        verdict = decide(exc, work.errors, config.max_retries, config.backoff)
+        if verdict.report.kind is ErrorKind.RATE_LIMIT:
+            self.rate_limits += 1
+            self.steering.refused(started_at, self.inflight)
+            if verdict.cooldown:
+                self.gate.pause_for(verdict.cooldown)
+                self.progress.refresh(force=True)
+        if not verdict.retry:
+            cause = say.describe(exc)
+            self.fail(work, cause)
+            if verdict.stop_run:
+                if self.stop is None:
+                    say.stopped_early(
+                        self.progress.write, f"the provider says the quota is exhausted ({cause})"
+                    )
+                self.end("quota")
+            return
+        work.errors += 1
+        self.retries += 1
+        say.retrying(work.index, work.attempts - 1, say.describe(exc), verdict.delay)
+        self.requeue(work, verdict.delay)
+
+    def fail(self, work: _Work, cause: str) -> None:
+        work.details.fail()
+        self.failures += 1
+        say.failed(work.index, work.attempts, cause)
+        self.finish(work, self.config.fallback)
+        if self.config.exit_on_error:
+            self.end("failed")
+
+    # -- the stop -----------------------------------------------------------------------
+    def end_if_done(self) -> None:
+        if not self.producing and self.finished == self.produced:
+            self.end("completed")
+
+    def end(self, reason: StopReason) -> None:
+        """Start nothing new; `drive` cancels what is in flight and returns."""
+        if self.stop is None:
+            self.stop = reason
+            self.stopped.set()
+
+    def crash(self, exc: BaseException, *, partial: bool = False) -> None:
+        if self.error is None:
+            self.error = exc
+            self.error_is_partial = partial
+        self.end("error")
+
+    def interrupt(self, announce: bool = True) -> None:
+        if self.stop is None and announce:
+            say.interrupted(self.progress.write)
+        self.end("interrupted")
+
+    def on_signal(self, announce: bool) -> bool:
+        self.loop.call_soon_threadsafe(self.interrupt, announce)
+        return False
+
+    def status_text(self) -> str:
+        parts = [f"target={self.gate.limit}", f"inflight={self.inflight}"]
+        if self.retries:
+            parts.append(f"retries={self.retries}")
+        if self.rate_limits:
+            parts.append(f"rate_limited={self.rate_limits}")
+        if self.failures:
+            parts.append(f"failed={self.failures}")
+        cooldown = self.gate.pause_remaining()
+        if cooldown >= 0.5:
+            parts.append(f"cooldown={cooldown:.0f}s")
+        return " ".join(parts)
+
+    # -- the run --------------------------------------------------------------------------
+    async def drive(self, inputs: Iterable[Any], install_handler: bool) -> None:
+        """Run to the end; the one place that starts and stops the run's tasks.
+
+        The tasks are supervised by hand rather than by an `asyncio.TaskGroup`: a
+        TaskGroup would raise an `ExceptionGroup` where Phoenix's callers expect the
+        error itself, and a quota stop must let calls in flight finish while the other
+        workers are cancelled.
+        """
+        config = self.config
+        loop = self.loop
+        signum = config.termination_signal if install_handler else None
+        deadline = None
+        try:
+            with termination_handler(signum, self.on_signal):
+                if config.checkpoint is not None:
+                    self.store = Checkpoint(config.checkpoint)
+                if config.deadline is not None:
+                    deadline = loop.call_later(config.deadline, self.end, "deadline")
+                tasks = [loop.create_task(self.produce(inputs))]
+                tasks += [loop.create_task(self.work()) for _ in range(config.concurrency)]
+                try:
+                    await self.stopped.wait()
+                    if self.stop == "quota":
+                        # Calls the provider already admitted will be billed: let them
+                        # finish (each within its timeout) and keep what they return.
+                        draining = set(self.attempting)
+                        for task in tasks:
+                            if task not in draining:
+                                task.cancel()
+                        await asyncio.gather(*draining, return_exceptions=True)
+                finally:
+                    self.end("cancelled")
+                    for task in tasks:
+                        task.cancel()
+                    try:
+                        await asyncio.gather(*tasks, return_exceptions=True)
+                    finally:
+                        self._close()
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+        if self.stop == "deadline":
+            say.deadline_passed(config.deadline)
+
+    def _close(self) -> None:
+        for handle in self.delayed.values():
+            handle.cancel()
+        self.steering.close()
+        self.gate.close()
+        try:
+            if self.store is not None:
+                self.store.close()
+        finally:
+            inputs_seen = self.produced if self.total is None else self.total
+            self.progress.close(inputs_seen, self.retries, self.loop.time() - self.started_at)
+
+
+async def drive(
+    config: RunConfig,
+    inputs: Iterable[Any],
+    total: int | None,
+    details: list[ExecutionDetails] | None,
+    on_final: OnFinal,
+    *,
+    room: asyncio.Semaphore | None = None,
+    install_handler: bool = True,
+    started: Callable[[Run], None] | None = None,
+) -> Run:
+    """Run `inputs` to the end under `config`; each final result goes to `on_final`.
+
+    Returns the finished run; the caller raises `run.error` if there is one (wrapped in
+    an `IncompleteRunError` with its outputs when `run.error_is_partial`).
+    """
+    run = Run(config, total, details, on_final, room)
+    if started is not None:
+        started(run)
+    await run.drive(inputs, install_handler)
+    return run
+
+
+def _not_awaitable(fn: Callable[..., Any], result: object) -> TypeError:
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return TypeError(
+        f"AsyncExecutor needs a function that returns an awaitable, but {name} returned "
+        f"{type(result).__name__}; pass an `async def` function, or use SyncExecutor for a "
+        "plain function"
+    )

@@ -1,0 +1,96 @@
+"""What evalexec tells the user, in one voice for both executors.
+
+Lines meant for the person at the terminal (a run stopped early) go to stderr through
+the progress bar's `write`, so they never break a bar; the rest go to the
+``evalexec`` logger: per-retry lines at INFO, failures and early stops at WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+__all__ = [
+    "StopReason",
+    "describe",
+    "failed",
+    "inputs_fewer_than_len",
+    "inputs_more_than_len",
+    "interrupted",
+    "retrying",
+    "stopped_early",
+    "timed_out",
+]
+
+logger = logging.getLogger("evalexec")
+
+StopReason = Literal[
+    "completed",  # every input reached a final status
+    "failed",  # an input FAILED with exit_on_error=True
+    "quota",  # the provider said the quota is exhausted (or asked for a longer wait)
+    "interrupted",  # the termination signal, or a cancel from code
+    "deadline",  # the run's deadline passed
+    "error",  # the inputs, the checkpoint or the function raised something fatal
+    "cancelled",  # the task awaiting the run was cancelled from outside
+]
+
+_MAX_DESCRIPTION = 500
+
+
+def describe(exc: BaseException) -> str:
+    """`repr(exc)`, cut to a readable length, or a stand-in when even that fails."""
+    try:
+        text = repr(exc)
+    except Exception:
+        return f"<{type(exc).__qualname__} whose repr() failed>"
+    if len(text) > _MAX_DESCRIPTION:
+        cut = len(text) - _MAX_DESCRIPTION
+        text = f"{text[:_MAX_DESCRIPTION]}... ({cut} more characters)"
+    return text
+
+
+def interrupted(write: Callable[[str], None]) -> None:
+    write(
+        "evalexec: interrupted; returning the outputs finished so far "
+        "(the rest are DID NOT RUN). Press Ctrl-C again to abort at once."
+    )
+
+
+def stopped_early(write: Callable[[str], None], cause: str) -> None:
+    """The provider said retrying cannot help (e.g. the quota is exhausted)."""
+    write(
+        f"evalexec: stopping the run: {cause}; retrying cannot help. "
+        "Calls already in flight finish; finished outputs are kept."
+    )
+
+
+def deadline_passed(seconds: float | None) -> None:
+    logger.warning("evalexec: the deadline of %s s passed; the run was stopped", seconds)
+
+
+def retrying(index: int, attempt: int, error: str, delay: float) -> None:
+    logger.info("input %d raised %s (attempt %d); retrying in %.2f s", index, error, attempt, delay)
+
+
+def timed_out(index: int, attempt: int) -> None:
+    logger.info("input %d timed out (attempt %d); retrying", index, attempt)
+
+
+def failed(index: int, attempts: int, cause: str) -> None:
+    logger.warning("input %d FAILED after %d attempts: %s", index, attempts, cause)
+
+
+def inputs_more_than_len(total: int) -> None:
+    logger.warning(
+        "inputs yielded more items than len() reported (%d); the extra items were not run",
+        total,
+    )
+
+
+def inputs_fewer_than_len(drawn: int, total: int) -> None:
+    logger.warning(
+        "inputs yielded %d items but len() reported %d; the missing ones are DID NOT RUN",
+        drawn,
+        total,
+    )
