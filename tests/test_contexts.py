@@ -73,10 +73,17 @@ BAR = "{l_bar}{bar}{r_bar}"
 """
 
 WITHOUT_NEST_ASYNCIO = """
+import threading
 before = signal.getsignal(signal.SIGINT)  # the kernel may set its own for this cell
-executor = get_executor_on_sync_context(double, double_async, tqdm_bar_format=BAR)
+barrier = threading.Barrier(3, timeout=30)  # opens only with 3 calls in flight at once
+
+def meet(item):
+    barrier.wait()
+    return 2 * item
+
+executor = get_executor_on_sync_context(meet, double_async, concurrency=3, tqdm_bar_format=BAR)
 outputs, details = executor.run([1, 2, 3])
-report("without nest_asyncio", executor, outputs, details)
+report("without nest_asyncio", executor, outputs, details, concurrency=executor.concurrency)
 """
 
 RUN_REFUSED = """
@@ -128,7 +135,10 @@ def notebook(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.mark.timeout(180)
-def test_notebook_without_nest_asyncio_falls_back_to_sync_with_a_warning(notebook: Any) -> None:
+def test_notebook_without_nest_asyncio_runs_the_sync_function_on_threads_with_a_warning(
+    notebook: Any,
+) -> None:
+    """The barrier in the cell opens only if the 3 calls run at once."""
     cell = notebook.cells[1]
     assert reports(cell) == [
         {
@@ -137,10 +147,12 @@ def test_notebook_without_nest_asyncio_falls_back_to_sync_with_a_warning(noteboo
             "outputs": DONE,
             "statuses": ["COMPLETED"] * 3,
             "handler_restored": True,
+            "concurrency": 3,
         }
     ]
     warning = stderr_of(cell)
     assert "an event loop is already running" in warning
+    assert "running the sync function on 3 worker threads" in warning
     assert "nest_asyncio.apply()" in warning
 
 
@@ -271,12 +283,19 @@ async def test_run_from_a_coroutine_says_to_await_execute_or_apply_nest_asyncio(
     assert "nest_asyncio.apply()" in message
 
 
-async def test_the_factory_in_a_coroutine_picks_sync_and_says_how_to_apply_nest_asyncio(
+async def test_the_factory_in_a_coroutine_picks_threaded_sync_and_says_how_to_apply_nest_asyncio(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    barrier = threading.Barrier(3, timeout=30)  # opens only with 3 calls in flight at once
+
+    def meet(item: int) -> int:
+        barrier.wait()
+        return double(item)
+
     with caplog.at_level(logging.WARNING, logger="evalexec"):
-        executor = get_executor_on_sync_context(double, double_async)
+        executor = get_executor_on_sync_context(meet, double_async, concurrency=3)
     assert isinstance(executor, SyncExecutor)
+    assert executor.concurrency == 3
     assert "nest_asyncio.apply()" in caplog.text
     outputs, _ = executor.run([1, 2, 3])
     assert outputs == DONE

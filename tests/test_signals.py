@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from evalexec import IncompleteRunError
 from evalexec.executors import AsyncExecutor, ExecutionStatus, SyncExecutor
 
 SCRIPT = Path(__file__).parent / "scripts" / "interrupt.py"
@@ -75,7 +76,7 @@ class Child:
 
 
 @pytest.mark.parametrize("previous", ["default", "custom"])
-@pytest.mark.parametrize("mode", ["async", "sync"])
+@pytest.mark.parametrize("mode", ["async", "sync", "threads"])
 def test_first_ctrl_c_returns_finished_outputs_and_the_rest_did_not_run(
     tmp_path: Path, mode: str, previous: str
 ) -> None:
@@ -107,7 +108,7 @@ def test_second_ctrl_c_during_a_slow_stop_raises_keyboard_interrupt(
     assert "the handler of before the run was called" not in stderr
 
 
-@pytest.mark.parametrize("mode", ["async", "sync"])
+@pytest.mark.parametrize("mode", ["async", "sync", "threads"])
 def test_ctrl_c_while_waiting_to_retry_a_rate_limit_returns_at_once(
     tmp_path: Path, mode: str
 ) -> None:
@@ -192,16 +193,19 @@ def test_sync_run_restores_the_handler_after_a_normal_return(previous_handler: A
 def test_async_run_restores_the_handler_after_an_error_inside_the_executor(
     previous_handler: Any,
 ) -> None:
-    with pytest.raises(LookupError, match="the input source broke"):
+    with pytest.raises(IncompleteRunError, match="the input source broke") as caught:
         AsyncExecutor(_async_identity).run(BrokenInputs())
+    assert isinstance(caught.value.__cause__, LookupError)
     assert signal.getsignal(signal.SIGINT) is previous_handler
 
 
 def test_sync_run_restores_the_handler_after_an_error_inside_the_executor(
     previous_handler: Any,
 ) -> None:
-    with pytest.raises(LookupError, match="the input source broke"):
+    with pytest.raises(IncompleteRunError, match="the input source broke") as caught:
         SyncExecutor(_sync_identity).run(BrokenInputs())
+    assert isinstance(caught.value.__cause__, LookupError)
+    assert caught.value.outputs[:2] == [0, 1]  # what finished before the inputs broke
     assert signal.getsignal(signal.SIGINT) is previous_handler
 
 

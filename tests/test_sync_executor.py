@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from evalexec import IncompleteRunError
 from evalexec._retry import Backoff
 from evalexec.exceptions import PhoenixException, RateLimitError
 from evalexec.executors import ExecutionDetails, ExecutionStatus, SyncExecutor, _unset
@@ -523,8 +524,9 @@ def test_the_previous_handler_is_restored_when_the_run_raises() -> None:
 
     before = signal.getsignal(signal.SIGUSR1)
     time = FakeTime()
-    with pytest.raises(Boom):
+    with pytest.raises(IncompleteRunError) as caught:
         executor(TimedFake(time), time, termination_signal=signal.SIGUSR1).run(Failing(["a"]))
+    assert isinstance(caught.value.__cause__, Boom)
     assert signal.getsignal(signal.SIGUSR1) is before
 
 

@@ -5,6 +5,7 @@ Swap ``from phoenix.evals.executors import AsyncExecutor`` for
 """
 
 from evalexec._checkpoint import CheckpointError, RecordedError
+from evalexec._engine import IncompleteRunError
 from evalexec._retry import Backoff
 from evalexec.exceptions import (
     ErrorKind,
@@ -38,6 +39,7 @@ __all__ = [
     "ExecutionDetails",
     "ExecutionStatus",
     "Executor",
+    "IncompleteRunError",
     "PhoenixException",
     "RateLimitError",
     "RecordedError",

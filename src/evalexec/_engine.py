@@ -54,6 +54,8 @@ class IncompleteRunError(Exception):
     one's ``__cause__``.
     """
 
+    __module__ = "evalexec"
+
     def __init__(self, cause: BaseException, outputs: list[Any], details: list[Any]) -> None:
         finished = sum(d.status.value != "DID NOT RUN" for d in details)
         super().__init__(

@@ -34,10 +34,10 @@ from collections.abc import (
     Sized,
 )
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from evalexec import _messages as say
-from evalexec._checkpoint import Checkpoint
+from evalexec._checkpoint import Checkpoint, CheckpointError
 from evalexec._controller import ConcurrencyController
 from evalexec._details import ExecutionDetails, ExecutionStatus, Unset
 from evalexec._details import _unset as _unset
@@ -402,7 +402,7 @@ def _raise_for(run: Run, outputs: list[Any], details: list[ExecutionDetails]) ->
     error = run.error
     if error is None:
         return
-    if run.error_is_partial and run.finished:
+    if run.error_is_partial:
         raise IncompleteRunError(error, outputs, details) from error
     raise error
 
@@ -728,8 +728,21 @@ class _Sequential:
                 try:
                     if executor.checkpoint is not None:
                         checkpoint = Checkpoint(executor.checkpoint)
+                    try:
+                        iterator = iter(inputs)
+                    except Exception as exc:
+                        _stopped_by(exc, outputs, details)
                     index = -1
-                    for index, item in enumerate(inputs):
+                    while True:
+                        try:
+                            item = next(iterator)
+                        except StopIteration:
+                            if total is not None and drawn < total and self.stop is None:
+                                say.inputs_fewer_than_len(drawn, total)
+                            break
+                        except Exception as exc:
+                            _stopped_by(exc, outputs, details)
+                        index += 1
                         if total is not None and index >= total:
                             say.inputs_more_than_len(total)
                             break
@@ -765,7 +778,10 @@ class _Sequential:
                                 if not finished:
                                     break
                             if checkpoint is not None:
-                                checkpoint.record(index, item, output, record)
+                                try:
+                                    checkpoint.record(index, item, output, record)
+                                except CheckpointError as exc:
+                                    _stopped_by(exc, outputs, details)
                         if outputs is not None:
                             outputs[index] = output
                         progress.advance(record.status)
@@ -775,9 +791,6 @@ class _Sequential:
                             executor.exit_on_error or self.stop is not None
                         ):
                             break
-                    else:
-                        if total is not None and drawn < total and self.stop is None:
-                            say.inputs_fewer_than_len(drawn, total)
                 finally:
                     try:
                         if checkpoint is not None:
@@ -862,6 +875,16 @@ class _Sequential:
         except _Interrupted:
             return False
         return True
+
+
+def _stopped_by(
+    error: Exception, outputs: list[Any] | None, details: list[ExecutionDetails] | None
+) -> NoReturn:
+    """The inputs or the checkpoint raised: out of `run` with what finished; a stream
+    has yielded what finished, and raises the error itself."""
+    if outputs is not None and details is not None:
+        raise IncompleteRunError(error, outputs, details) from error
+    raise error
 
 
 def _refuse_awaitable(fn: Callable[..., Any], result: object) -> None:

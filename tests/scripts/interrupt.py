@@ -1,6 +1,6 @@
 """Run an executor until a real SIGINT arrives; driven by tests/test_signals.py.
 
-usage: python interrupt.py {async,sync} {once,twice,backoff} {default,custom} MARKER_DIR
+usage: python interrupt.py {async,sync,threads} {once,twice,backoff} {default,custom} MARKER_DIR
 
 Inputs 0-3 finish at once; inputs from 4 on block until the run is interrupted.
 The script creates MARKER_DIR/ready when such a call is in flight. With ``twice``,
@@ -11,7 +11,9 @@ and MARKER_DIR/ready is created just before: the signal comes while the executor
 waits to retry. ``custom`` installs a SIGINT handler of its own before the run, ``default`` keeps
 Python's. It prints one JSON object: the outputs and statuses, what the run raised,
 whether the SIGINT handler of before the run is back, and for a sync executor that
-was interrupted once, the result of running it again.
+was interrupted once, the result of running it again. ``threads`` is a SyncExecutor with
+``concurrency=2``: MARKER_DIR/ready is created once both of its calls are blocked (so
+inputs 0-3 are final), and a call on a worker thread never sees the signal.
 """
 
 from __future__ import annotations
@@ -88,14 +90,26 @@ def main() -> None:
                 raise
         return f"out:{item}"
 
+    blocked: list[int] = []
+    lock = threading.Lock()
+
+    def mark_ready() -> None:
+        if mode != "threads":
+            (markers / "ready").touch()
+            return
+        with lock:
+            blocked.append(1)
+            if len(blocked) == 2:
+                (markers / "ready").touch()
+
     def generate_sync(item: int) -> str:
         if item >= FINISHED_AT_ONCE and blocking:
             if times == "backoff":
-                (markers / "ready").touch()
+                mark_ready()
                 raise RateLimitError(retry_after=HOUR)
             try:
                 # The signal may come as soon as the marker exists: inside the `try`.
-                (markers / "ready").touch()
+                mark_ready()
                 sleep_in_ticks(HOUR)
             except BaseException:
                 if times == "twice":
@@ -107,6 +121,8 @@ def main() -> None:
     executor: Any
     if mode == "async":
         executor = AsyncExecutor(generate_async, concurrency=2, fallback_return_value="fallback")
+    elif mode == "threads":
+        executor = SyncExecutor(generate_sync, concurrency=2, fallback_return_value="fallback")
     else:
         executor = SyncExecutor(
             generate_sync, fallback_return_value="fallback", sleep=sleep_in_ticks
@@ -120,7 +136,7 @@ def main() -> None:
     except KeyboardInterrupt:
         report["raised"] = "KeyboardInterrupt"
     report["handler_restored"] = signal.getsignal(signal.SIGINT) is before
-    if mode == "sync" and times == "once":
+    if mode in ("sync", "threads") and times == "once":
         blocking = False
         outputs, details = executor.run(inputs)
         report["again"] = {"outputs": outputs, "statuses": statuses(details)}
