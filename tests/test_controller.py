@@ -5,11 +5,17 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Sized
 from typing import Any
 
 import pytest
 
-from evalexec.executors import ConcurrencyController
+from evalexec._controller import (
+    ControllerLike,
+    TargetChange,
+    adaptive_controller,
+)
+from evalexec.executors import AsyncExecutor, ConcurrencyController
 
 
 class Clock:
@@ -411,6 +417,244 @@ async def test_without_a_clock_the_running_loop_time_is_used() -> None:
     await asyncio.sleep(0.5)
     controller.record_success(1.0)
     assert controller.target_concurrency == 5
+
+
+# -- why the target moved ----------------------------------------------------------------
+
+
+def test_changes_say_why_the_target_moved() -> None:
+    clock = Clock()
+    controller = make(clock, initial_target=8, increase_step=1)
+    events(
+        controller,
+        clock,
+        *[(0.0, "ok"), (5.0, "ok")],  # a clean window: 9
+        *[(6.0, "timeout"), (10.0, "ok")],  # a window with a timeout: 4.5
+        *[(11.0, "error"), (15.0, "ok")],  # a window with an error: 2.25
+        (20.0, "ok"),  # a clean window: 3.25
+        (21.0, "error"),  # the second error within 15 s: collapse
+    )
+    assert list(controller.changes) == [
+        TargetChange(0.0, 8, 8, "start"),
+        TargetChange(5.0, 8, 9, "clean window"),
+        TargetChange(10.0, 9, 4, "timeout"),
+        TargetChange(15.0, 4, 2, "rate limit"),
+        TargetChange(20.0, 2, 3, "clean window"),
+        TargetChange(21.0, 3, 1, "collapse"),
+    ]
+    assert list(controller.history) == [(c.at, c.new) for c in controller.changes]
+
+
+def test_changes_name_slow_start_and_episode_cuts() -> None:
+    clock = Clock()
+    controller = make(
+        clock,
+        max_concurrency=64,
+        initial_target=2,
+        slow_start=True,
+        episode_seconds=10,
+        collapse_error_threshold=0,
+    )
+    controller.observe_inflight(16)
+    events(controller, clock, (0.0, "ok"), (5.0, "ok"), (10.0, "ok"), (11.0, "error"))
+    controller.observe_inflight(3)
+    events(controller, clock, (11.5, "error"), (25.0, "timeout"))
+    assert list(controller.changes) == [
+        TargetChange(0.0, 2, 2, "start"),
+        TargetChange(5.0, 2, 4, "slow start"),
+        TargetChange(10.0, 4, 8, "slow start"),
+        TargetChange(11.0, 8, 4, "rate limit"),
+        TargetChange(11.5, 4, 3, "rate limit"),  # in the episode: capped at the calls in flight
+        TargetChange(25.0, 3, 1, "timeout"),  # a new episode: 3 * 0.5
+    ]
+
+
+def test_an_outside_write_to_the_float_target_is_logged_as_external() -> None:
+    clock = Clock()
+    controller = make(clock, initial_target=8)
+    events(controller, clock, (0.0, "ok"))
+    clock.at(3.0)
+    controller._target_concurrency = 6.5
+    assert controller.target_concurrency == 6
+    assert controller._target_concurrency == 6.5
+    assert controller.changes[-1] == TargetChange(3.0, 8, 6, "external")
+
+
+def test_an_outside_write_before_the_first_event_sets_the_start() -> None:
+    clock = Clock()
+    controller = make(clock, initial_target=8)
+    controller._target_concurrency = 50
+    assert controller._target_concurrency == 10  # clamped to max_concurrency
+    events(controller, clock, (1.0, "ok"))
+    assert list(controller.changes) == [TargetChange(1.0, 10, 10, "start")]
+
+
+# -- Phoenix's private names -----------------------------------------------------------------
+
+
+def test_phoenix_names_read_the_float_target_and_the_window_counts() -> None:
+    clock = Clock()
+    controller = make(clock, initial_target=3, increase_step=1)
+    events(controller, clock, (0.0, "error"), (6.0, "ok"))
+    assert controller._target_concurrency == 1.5
+    assert controller.target_concurrency == 1
+    events(controller, clock, (7.0, "ok"), (7.5, "timeout"))
+    assert (controller._success_count, controller._timeout_count, controller._error_count) == (
+        1,
+        1,
+        0,
+    )
+    assert controller._smoothed_latency_seconds == 1.0
+    assert list(controller._error_timestamps) == [0.0]
+    assert controller._window_started_at == 6.0
+    assert (controller._max_concurrency, controller._window_seconds) == (10, 5.0)
+
+
+def test_writing_phoenix_names_has_phoenix_effect() -> None:
+    clock = Clock()
+    controller = make(clock, initial_target=8, increase_step=1)
+    events(controller, clock, (0.0, "ok"))
+    controller._error_count = 1  # as if an error had been recorded in this window
+    events(controller, clock, (5.0, "ok"))
+    assert controller.target_concurrency == 4
+    controller._window_seconds = 1.0
+    controller._increase_step = 3
+    events(controller, clock, (6.0, "ok"))
+    assert controller.target_concurrency == 7
+    controller._max_concurrency = 5
+    assert controller.target_concurrency == 5
+    controller._smoothed_latency_seconds = 4.0
+    assert controller.smoothed_latency_seconds == 4.0
+
+
+# -- bounded memory ---------------------------------------------------------------------------
+
+
+def test_a_million_successes_keep_at_most_one_window_of_state() -> None:
+    """Success times are trimmed to the last window on every success, not only at a cut."""
+    clock = Clock()
+    controller = make(clock, initial_target=10, goodput_floor=0.9, episode_seconds=5)
+    for i in range(1_000_000):
+        clock.at(i / 1000)
+        controller.record_success(1.0)
+    sizes = {
+        name: len(value)
+        for name, value in vars(controller).items()
+        if isinstance(value, Sized) and not isinstance(value, str)
+    }
+    assert sizes
+    assert max(sizes.values()) <= 5001, sizes  # one 5-s window at one success per ms
+    clock.at(1000.0)
+    controller.record_error()
+    # Little's law over the last window: 5000 successes / 5 s * 1 s = 1000 sustained,
+    # capped at the target 10; the floor keeps 90 % of it, above the halving to 5.
+    assert controller.changes[-1] == TargetChange(1000.0, 10, 9, "rate limit")
+
+
+def test_the_goodput_floor_counts_only_the_last_window_of_successes() -> None:
+    clock = Clock()
+    controller = make(
+        clock, max_concurrency=100, initial_target=80, goodput_floor=0.9, episode_seconds=5
+    )
+    for i in range(500):  # one success every 20 ms from 0 to 9.98 s
+        clock.at(i / 50)
+        controller.record_success(1.0)
+    assert controller._target_concurrency == 80.5  # the window [0, 5) was clean
+    events(controller, clock, (10.0, "error"))
+    # [5, 10) holds 250 successes: 250 / 5 s * 1 s = 50 sustained, 90 % of it is 45,
+    # above the halving to 40.25. Counting all 500 would have given 72.
+    assert controller._target_concurrency == 45.0
+    assert controller.target_concurrency == 45
+
+
+# -- what a plug-in controller offers ------------------------------------------------------
+
+
+class PhoenixShapedController:
+    """A controller shaped like the stub in Phoenix's executor tests."""
+
+    def __init__(self) -> None:
+        self._target_concurrency = 1
+
+    @property
+    def target_concurrency(self) -> int:
+        return self._target_concurrency
+
+    @property
+    def inactive_check_interval(self) -> float:
+        return 0.01
+
+    def record_success(self, latency_seconds: float) -> None:
+        pass
+
+    def record_timeout(self) -> None:
+        pass
+
+    def record_error(self) -> None:
+        pass
+
+
+class NoTimeouts:
+    target_concurrency = 1
+
+    def record_success(self, latency_seconds: float) -> None:
+        pass
+
+    def record_error(self) -> None:
+        pass
+
+
+def test_controller_like_recognises_controllers_by_their_members() -> None:
+    assert isinstance(make(Clock()), ControllerLike)
+    assert isinstance(PhoenixShapedController(), ControllerLike)
+    assert not isinstance(NoTimeouts(), ControllerLike)
+
+
+# -- the executors' controller ------------------------------------------------------------
+
+
+async def identity(item: Any) -> Any:
+    return item
+
+
+def settings(controller: ConcurrencyController) -> dict[str, Any]:
+    return {k: v for k, v in vars(controller).items() if k not in ("_clock", "changes")}
+
+
+def test_the_adaptive_controller_is_the_one_async_executor_builds() -> None:
+    built = AsyncExecutor(
+        identity,
+        concurrency=12,
+        dynamic_initial_target=3,
+        dynamic_window_seconds=2.0,
+        dynamic_increase_step=2,
+        dynamic_decrease_ratio=0.25,
+        dynamic_inactive_check_interval=0.5,
+    )._concurrency_controller
+    made = adaptive_controller(12, 3, 2.0, 2, 0.25, 0.5)
+    assert settings(made) == settings(built)
+
+
+def test_the_adaptive_controller_doubles_while_in_use_and_cuts_once_per_burst() -> None:
+    clock = Clock()
+    controller = adaptive_controller(64, 2, 5.0, 1, 0.5, 1.0, clock=clock)
+    controller.observe_inflight(2)
+    events(controller, clock, (0.0, "ok"), (5.0, "ok"))  # in use: doubled
+    controller.observe_inflight(3)  # 3 < 80 % of 4
+    events(controller, clock, (10.0, "ok"))  # not in use: kept
+    controller.observe_inflight(4)
+    events(controller, clock, (15.0, "ok"), (16.0, "timeout"), (20.0, "ok"))
+    assert controller.target_concurrency == 8  # a timeout pauses growth, never cuts
+    clock.at(21.0)
+    controller.record_error(started_at=20.5)
+    clock.at(21.1)
+    controller.record_error(started_at=20.6)  # the same burst: no second cut, no collapse
+    assert [(c.at, c.new, c.reason) for c in controller.changes] == [
+        (0.0, 2, "start"),
+        (5.0, 4, "slow start"),
+        (15.0, 8, "slow start"),
+        (21.0, 4, "rate limit"),
+    ]
 
 
 # -- arguments ----------------------------------------------------------------------------

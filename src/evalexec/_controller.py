@@ -4,6 +4,9 @@ It is a function of (state, event, now): the executor reports events
 (`record_success`, `record_timeout`, `record_error`) and reads
 `target_concurrency`. Time comes from an injected clock, so tests drive it with
 plain numbers.
+
+Besides the controller this module holds what the engine expects of any controller
+(`ControllerLike`) and the settings the executors use (`adaptive_controller`).
 """
 
 from __future__ import annotations
@@ -11,10 +14,77 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from evalexec._clock import now as _default_clock
 
-__all__ = ["ConcurrencyController"]
+__all__ = [
+    "ChangeReason",
+    "ConcurrencyController",
+    "ControllerLike",
+    "InflightObserver",
+    "TargetChange",
+    "adaptive_controller",
+]
+
+
+@runtime_checkable
+class ControllerLike(Protocol):
+    """What the engine needs of an object put in ``executor._concurrency_controller``.
+
+    Phoenix's own tests plug in such objects; `ConcurrencyController` is one. Two
+    members are optional and looked up with ``getattr``:
+
+    * ``inactive_check_interval`` (float seconds, default 1.0): how often gated workers
+      look again at a target that may change from outside (not needed by our own
+      controller, whose target changes only when it is told of an event).
+    * ``observe_inflight(inflight: int) -> None`` (see `InflightObserver`): told the
+      number of calls in flight when a call starts and just before `record_error`.
+
+    ``isinstance(obj, ControllerLike)`` checks only that the four members exist.
+    """
+
+    @property
+    def target_concurrency(self) -> int:
+        """How many calls may be in flight now (the engine floors it at 1)."""
+        ...
+
+    def record_success(self, latency_seconds: float) -> None: ...
+
+    def record_timeout(self) -> None: ...
+
+    def record_error(self) -> None:
+        """A rate-limit error. Our controller also takes ``started_at=`` (keyword)."""
+        ...
+
+
+class InflightObserver(Protocol):
+    """The optional part of `ControllerLike`: told how many calls are in flight."""
+
+    def observe_inflight(self, inflight: int) -> None: ...
+
+
+ChangeReason = Literal[
+    "start",  # the target when the first event came (old == new)
+    "clean window",  # a window with no error or timeout added the increase step
+    "slow start",  # a clean window doubled the target (before the first error or timeout)
+    "rate limit",  # a cut (or a cap at the calls in flight) after a rate-limit error
+    "timeout",  # a cut (or a cap at the calls in flight) after a timeout
+    "collapse",  # collapse_error_threshold errors within collapse_window_seconds
+    "external",  # code outside the controller assigned `_target_concurrency`
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """One change of the integer target: at ``at`` (controller clock) from ``old`` to
+    ``new``, because of ``reason``."""
+
+    at: float
+    old: int
+    new: int
+    reason: ChangeReason
 
 
 class ConcurrencyController:
@@ -49,8 +119,23 @@ class ConcurrencyController:
       `observe_inflight`), so an idle run does not inflate its target.
     * ``timeouts_cut``: when False, timeouts pause growth but never cut.
     * ``collapse_error_threshold=0`` disables the collapse to one worker.
+    * ``history_size``: how many `TargetChange` entries `changes` keeps.
     * ``clock``: a ``() -> float`` monotonic clock in seconds (default: the running
       event loop's time, else ``time.monotonic``).
+
+    The state Phoenix's controller keeps lives under Phoenix's private names, so code
+    written against Phoenix (its own test suite reads ``_target_concurrency``) reads
+    and writes the same values: ``_target_concurrency`` (the float target),
+    ``_max_concurrency``, ``_window_seconds``, ``_increase_step``, ``_decrease_ratio``,
+    ``_smoothing_factor``, ``_collapse_window_seconds``, ``_collapse_error_threshold``,
+    ``_smoothed_latency_seconds``, ``_success_count`` / ``_timeout_count`` /
+    ``_error_count`` (this window's events), ``_error_timestamps`` and
+    ``_window_started_at`` (None until the first event; on the controller's clock,
+    not ``time.time()``).
+
+    Memory is bounded whatever the run length: the success times kept for the
+    goodput floor are trimmed to the last window on every success, and the error
+    times and `changes` are bounded deques.
     """
 
     def __init__(
@@ -88,39 +173,50 @@ class ConcurrencyController:
                 f"collapse_error_threshold must be >= 0, got {collapse_error_threshold!r}"
             )
         self._clock = clock or _default_clock
+        # -- settings (Phoenix's names) --
         self._max_concurrency = int(max_concurrency)
-        self._target = min(max(float(initial_target), 1.0), float(self._max_concurrency))
         self._window_seconds = float(window_seconds)
         self._increase_step = float(increase_step)
         self._decrease_ratio = float(decrease_ratio)
         self._smoothing_factor = float(smoothing_factor)
         self._collapse_window_seconds = float(collapse_window_seconds)
         self._collapse_error_threshold = int(collapse_error_threshold)
-        self._slow_start = slow_start
+        self.inactive_check_interval = max(0.1, float(inactive_check_interval))
+        # -- settings (ours) --
+        self._slow_start = slow_start  # cleared by the first error or timeout
         self._episode_seconds = float(episode_seconds)
         self._saturation = float(saturation)
         self._goodput_floor = float(goodput_floor)
         self._timeouts_cut = timeouts_cut
-        self.inactive_check_interval = max(0.1, float(inactive_check_interval))
 
+        # The float target, always within [1, max_concurrency]; read and written by
+        # outside code as `_target_concurrency` (a property that logs outside writes).
+        self._target = min(max(float(initial_target), 1.0), float(self._max_concurrency))
         # The first window starts at the first event, not at construction: an
         # executor built long before its run (or outside the event loop whose clock
         # the run uses) must not begin with a stale window.
         self._window_started_at: float | None = None
-        self._window_successes = 0
-        self._window_issues = 0
-        self._window_stalls = 0  # timeouts that pause growth without cutting
-        self._window_peak_inflight = 0
+        # This window's events (Phoenix's names): an "issue" is an error, or a
+        # timeout when timeouts cut; a timeout that does not cut only pauses growth.
+        self._success_count = 0
+        self._timeout_count = 0
+        self._error_count = 0
+        self._window_peak_inflight = 0  # the most calls in flight seen this window
+        # Episodes: errors before `_episode_until` (or from calls started before
+        # `_last_cut_at`) belong to the episode already cut for.
         self._episode_until = -math.inf
         self._last_cut_at = -math.inf
-        self._started_at = 0.0
+        self._started_at = 0.0  # time of the first event
         self._inflight: int | None = None  # unknown until observe_inflight is called
+        # Success times within the last window (only with a goodput floor); trimmed
+        # on every success, so at most one window of successes is held.
         self._success_times: deque[float] = deque()
-        self._error_times: deque[float] = deque(maxlen=max(1, self._collapse_error_threshold))
-        self._smoothed_latency: float | None = None
-        self.history: deque[tuple[float, int]] = deque(maxlen=history_size)
-        """``(time, target_concurrency)`` at the first event and each time the integer
-        target changed."""
+        # The latest errors, as many as a collapse needs (Phoenix's name).
+        self._error_timestamps: deque[float] = deque(maxlen=max(1, self._collapse_error_threshold))
+        self._smoothed_latency_seconds: float | None = None
+        self.changes: deque[TargetChange] = deque(maxlen=history_size)
+        """Each change of the integer target, with its reason; the first entry
+        (reason "start") is the target when the first event came."""
 
     # -- what the executor reads ------------------------------------------------------
     @property
@@ -134,49 +230,72 @@ class ConcurrencyController:
     @property
     def smoothed_latency_seconds(self) -> float | None:
         """Exponentially weighted moving average of successful calls' latency."""
-        return self._smoothed_latency
+        return self._smoothed_latency_seconds
+
+    @property
+    def history(self) -> list[tuple[float, int]]:
+        """``(time, target_concurrency)`` at the first event and each time the integer
+        target changed: `changes` without the reasons."""
+        return [(change.at, change.new) for change in self.changes]
+
+    @property
+    def _target_concurrency(self) -> float:
+        """The float target, under Phoenix's name. Assigning it moves the target as in
+        Phoenix (clamped to ``[1, max_concurrency]``) and logs an "external" change."""
+        return self._target
+
+    @_target_concurrency.setter
+    def _target_concurrency(self, value: float) -> None:
+        if self._window_started_at is None:  # before the first event: a new start
+            self._target = min(max(float(value), 1.0), float(self._max_concurrency))
+        else:
+            self._set_target(float(value), self._clock(), "external")
 
     # -- events -----------------------------------------------------------------------
     def _now(self) -> float:
         now = self._clock()
         if self._window_started_at is None:
             self._window_started_at = self._started_at = now
-            self.history.append((now, self.target_concurrency))
+            target = self.target_concurrency
+            self.changes.append(TargetChange(now, target, target, "start"))
         return now
 
     def record_success(self, latency_seconds: float) -> None:
         now = self._now()
-        self._window_successes += 1
+        self._success_count += 1
         if self._goodput_floor > 0:
-            self._success_times.append(now)
+            times = self._success_times
+            times.append(now)
+            self._trim_success_times(now)
         latency = float(latency_seconds)
-        if self._smoothed_latency is None:
-            self._smoothed_latency = latency
+        if self._smoothed_latency_seconds is None:
+            self._smoothed_latency_seconds = latency
         else:
             alpha = self._smoothing_factor
-            self._smoothed_latency += alpha * (latency - self._smoothed_latency)
+            self._smoothed_latency_seconds += alpha * (latency - self._smoothed_latency_seconds)
         self._maybe_close_window(now)
 
     def record_timeout(self) -> None:
         now = self._now()
+        self._timeout_count += 1
         if self._timeouts_cut:
-            self._issue(now)
+            self._issue(now, "timeout")
         else:
-            self._window_stalls += 1
             self._slow_start = False
         self._maybe_close_window(now)
 
     def record_error(self, *, started_at: float | None = None) -> None:
         """Report a rate-limit error; `started_at` is when the refused call started."""
         now = self._now()
-        self._issue(now, started_at)
+        self._error_count += 1
+        self._issue(now, "rate limit", started_at)
         if self._collapse_error_threshold:
-            self._error_times.append(now)
+            self._error_timestamps.append(now)
             if (
-                len(self._error_times) >= self._collapse_error_threshold
-                and now - self._error_times[0] <= self._collapse_window_seconds
+                len(self._error_timestamps) >= self._collapse_error_threshold
+                and now - self._error_timestamps[0] <= self._collapse_window_seconds
             ):
-                self._set_target(1.0, now)
+                self._set_target(1.0, now, "collapse")
         self._maybe_close_window(now)
 
     def observe_inflight(self, inflight: int) -> None:
@@ -191,8 +310,8 @@ class ConcurrencyController:
             self._window_peak_inflight = inflight
 
     # -- policy -----------------------------------------------------------------------
-    def _issue(self, now: float, started_at: float | None = None) -> None:
-        self._window_issues += 1
+    def _issue(self, now: float, reason: ChangeReason, started_at: float | None = None) -> None:
+        """An error, or a timeout that cuts, was recorded (and counted) at `now`."""
         self._slow_start = False
         if self._episode_seconds <= 0:
             return
@@ -202,56 +321,127 @@ class ConcurrencyController:
             new_episode = started_at >= self._last_cut_at
         if not new_episode:
             if self._inflight is not None and self._inflight < self._target:
-                self._set_target(max(self._inflight, 1), now)
+                self._set_target(max(self._inflight, 1), now, reason)
             return
         length = self._episode_seconds
-        if self._smoothed_latency is not None:
-            length = min(length, self._smoothed_latency)
+        if self._smoothed_latency_seconds is not None:
+            length = min(length, self._smoothed_latency_seconds)
         self._episode_until = now + length
         self._last_cut_at = now
-        self._set_target(self._cut(now), now)
+        self._set_target(self._cut(now), now, reason)
         # The window restarts at the cut, counted as one with an issue: growth
         # waits for a whole clean window after the one that holds the cut.
         self._window_started_at = now
         self._window_peak_inflight = 0
 
+    def _trim_success_times(self, now: float) -> None:
+        times = self._success_times
+        horizon = now - self._window_seconds
+        while times and times[0] < horizon:
+            times.popleft()
+
     def _cut(self, now: float) -> float:
         cut = self._target * self._decrease_ratio
         if self._goodput_floor <= 0:
             return cut
-        latency = self._smoothed_latency
+        latency = self._smoothed_latency_seconds
         span = min(self._window_seconds, now - self._started_at)
         if latency is not None and span > 0:
-            times = self._success_times
-            while times and times[0] < now - self._window_seconds:
-                times.popleft()
-            sustained = len(times) / span * latency
+            self._trim_success_times(now)
+            sustained = len(self._success_times) / span * latency
             cut = max(cut, min(sustained, self._target) * self._goodput_floor)
         return cut if self._inflight is None else min(cut, max(self._inflight, 1))
+
+    def _window_issues(self) -> int:
+        return self._error_count + (self._timeout_count if self._timeouts_cut else 0)
 
     def _maybe_close_window(self, now: float) -> None:
         assert self._window_started_at is not None
         if now - self._window_started_at < self._window_seconds:
             return
-        if self._window_issues:
+        if self._window_issues():
             if self._episode_seconds <= 0:
-                self._set_target(self._cut(now), now)
+                reason: ChangeReason = "rate limit" if self._error_count else "timeout"
+                self._set_target(self._cut(now), now, reason)
         elif (
-            not self._window_stalls
+            not self._timeout_count  # a timeout that does not cut still pauses growth
             and self._window_peak_inflight >= self._saturation * self.target_concurrency
         ):
-            grown = self._target * 2 if self._slow_start else self._target + self._increase_step
-            self._set_target(grown, now)
+            if self._slow_start:
+                self._set_target(self._target * 2, now, "slow start")
+            else:
+                self._set_target(self._target + self._increase_step, now, "clean window")
         self._window_started_at = now
-        self._window_successes = 0
-        self._window_issues = 0
-        self._window_stalls = 0
+        self._success_count = 0
+        self._timeout_count = 0
+        self._error_count = 0
         self._window_peak_inflight = 0
 
-    def _set_target(self, target: float, now: float) -> None:
+    def _set_target(self, target: float, now: float, reason: ChangeReason) -> None:
         before = self.target_concurrency
         # Clamp the float too, so a cut after a long clean stretch is felt at once.
         self._target = min(max(target, 1.0), float(self._max_concurrency))
         after = self.target_concurrency
         if after != before:
-            self.history.append((now, after))
+            self.changes.append(TargetChange(now, before, after, reason))
+
+
+# -- the executors' controller ----------------------------------------------------------
+#
+# Phoenix's rules with these settings converge instead of collapsing (README, "Dynamic
+# concurrency"; bench/ measures them). Each sits under the reason for its value.
+
+# No collapse to one worker: with episodes a burst of 429s is already one cut, and
+# dropping to 1 would throw away the concurrency the goodput floor shows still works.
+COLLAPSE_ERROR_THRESHOLD = 0
+# Episodes on, at most one feedback window long: the engine passes each error's start
+# time, so an episode holds exactly the calls started before its cut; the length only
+# bounds it for errors reported without a start time (one smoothed latency, if shorter).
+EPISODE_WINDOWS = 1.0
+# A clean window grows the target only if 80 % of it was in use at its peak: an idle
+# target proves nothing about the provider, and 80 % leaves room for the gaps between
+# one worker's calls.
+SATURATION = 0.8
+# A cut keeps at least 90 % of the concurrency recent successes show the provider
+# sustains; below 1 the decrease stays multiplicative, so executors sharing a
+# provider still converge to fair shares.
+GOODPUT_FLOOR = 0.9
+# Double the target per clean window until the first error or timeout: from a low
+# start the provider's limit is found in log2(concurrency) windows, not linearly.
+SLOW_START = True
+# Timeouts pause growth but do not cut: they say the provider is slow, not that it
+# refuses calls, and fewer calls in flight would not make each one faster.
+TIMEOUTS_CUT = False
+
+
+def adaptive_controller(
+    concurrency: int,
+    initial_target: int,
+    window_seconds: float,
+    increase_step: float,
+    decrease_ratio: float,
+    inactive_check_interval: float,
+    *,
+    clock: Callable[[], float] | None = None,
+) -> ConcurrencyController:
+    """The controller the executors build for ``enable_dynamic_concurrency=True``:
+    Phoenix's ``dynamic_*`` arguments plus the settings above (``clock`` for tests)."""
+    return ConcurrencyController(
+        max_concurrency=concurrency,
+        initial_target=initial_target,
+        window_seconds=window_seconds,
+        increase_step=increase_step,
+        decrease_ratio=decrease_ratio,
+        inactive_check_interval=inactive_check_interval,
+        collapse_error_threshold=COLLAPSE_ERROR_THRESHOLD,
+        episode_seconds=EPISODE_WINDOWS * window_seconds,
+        saturation=SATURATION,
+        goodput_floor=GOODPUT_FLOOR,
+        slow_start=SLOW_START,
+        timeouts_cut=TIMEOUTS_CUT,
+        clock=clock,
+    )
+
+
+if TYPE_CHECKING:  # the type checker proves our controller offers what the engine needs
+    _conforms: type[ControllerLike] = ConcurrencyController
