@@ -38,7 +38,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 from evalexec import _messages as say
 from evalexec._checkpoint import Checkpoint, CheckpointError
-from evalexec._controller import ConcurrencyController
+from evalexec._controller import ConcurrencyController, ControllerLike, adaptive_controller
 from evalexec._details import ExecutionDetails, ExecutionStatus, Unset
 from evalexec._details import _unset as _unset
 from evalexec._engine import WINDOW_PER_WORKER, IncompleteRunError, OnFinal, Run, RunConfig, drive
@@ -170,25 +170,19 @@ def _controller_for(
     increase_step: float,
     decrease_ratio: float,
     inactive_check_interval: float,
-) -> ConcurrencyController | None:
+) -> ControllerLike | None:
     if not enabled:
         return None
     initial = concurrency
     if initial_target is not None:
         initial = _check_int("dynamic_initial_target", initial_target, 1)
-    return ConcurrencyController(
-        max_concurrency=concurrency,
-        initial_target=initial,
-        window_seconds=window_seconds,
-        increase_step=increase_step,
-        decrease_ratio=decrease_ratio,
-        inactive_check_interval=inactive_check_interval,
-        collapse_error_threshold=0,
-        episode_seconds=window_seconds,
-        saturation=0.8,
-        goodput_floor=0.9,
-        slow_start=True,
-        timeouts_cut=False,
+    return adaptive_controller(
+        concurrency,
+        initial,
+        window_seconds,
+        increase_step,
+        decrease_ratio,
+        inactive_check_interval,
     )
 
 
