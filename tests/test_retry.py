@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from evalexec import exceptions as ee
 from evalexec._retry import DEFAULT_MAX_HINT, Backoff, Verdict, decide
@@ -340,6 +342,40 @@ def test_an_http_date_in_the_past_retries_at_once() -> None:
     exc = StatusError(429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
     verdict = decide(exc, 0, 10, NO_JITTER)
     assert (verdict.retry, verdict.delay, verdict.cooldown) == (True, 0.0, 0.0)
+
+
+hint_texts = st.one_of(
+    st.text(max_size=30),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.sampled_from(["1e10", "1e308", "inf", "nan", "6m0s", "2h0m0s", "2025-08-21T12:40:59Z"]),
+    st.sampled_from(["Fri, 31 Dec 9999 23:59:59 GMT", "Wed, 21 Oct 2015 07:28:00 GMT"]),
+)
+
+
+@given(
+    status=st.sampled_from([429, 500, 503, 529]),
+    headers=st.dictionaries(
+        st.sampled_from(
+            ["retry-after", "retry-after-ms", "x-ratelimit-reset-tokens", "x-ratelimit-reset"]
+        ),
+        hint_texts,
+        max_size=4,
+    ),
+    retries_so_far=st.integers(min_value=0, max_value=12),
+    backoff=st.sampled_from([None, Backoff(), Backoff(max_hint=0.0), Backoff(max_hint=7200.0)]),
+)
+def test_no_hint_makes_decide_raise_or_wait_past_max_hint(
+    status: int, headers: dict[str, str], retries_so_far: int, backoff: Backoff | None
+) -> None:
+    verdict = decide(StatusError(status, headers), retries_so_far, 10, backoff)
+    max_hint = DEFAULT_MAX_HINT if backoff is None else backoff.max_hint
+    longest = max(max_hint, 0.0 if backoff is None else backoff.maximum)
+    assert 0.0 <= verdict.delay <= longest
+    assert verdict.cooldown is None or 0.0 <= verdict.cooldown <= max_hint
+    assert verdict.reason
+    hint = verdict.report.retry_after
+    assert verdict.stop_run is (hint is not None and hint > max_hint)
 
 
 # -- the executors never sleep past max_hint ----------------------------------------------
