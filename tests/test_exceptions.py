@@ -1,17 +1,27 @@
-"""Error classification, retry hints and the retry policy, with exceptions shaped like
-the ones real SDKs raise (openai, anthropic, httpx) but defined here."""
+"""Error classification, retry hints and `describe_error`, with exceptions shaped like the
+ones real SDKs raise (openai, anthropic, httpx) but defined here, and hostile ones whose
+attributes raise when read. The retry policy's own tests are in test_retry.py."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from evalexec import exceptions as ee
-from evalexec._retry import Backoff, Verdict, decide
-from evalexec.exceptions import ErrorKind, ErrorReport, classify_error, retry_hint_seconds
+from evalexec.exceptions import (
+    ErrorKind,
+    ErrorReport,
+    classify_error,
+    describe_error,
+    retry_hint_seconds,
+)
 
 # 2015-10-21T07:28:00Z as a Unix timestamp
 MOMENT = 1445412480.0
@@ -215,10 +225,11 @@ def test_phoenix_own_exceptions_are_fatal_and_rate_limits() -> None:
         (ErrorKind.QUOTA_EXHAUSTED, False),
         (ErrorKind.TRANSIENT, True),
         (ErrorKind.FATAL, False),
+        (ErrorKind.MISUSE, False),
         (ErrorKind.OTHER, True),
     ],
 )
-def test_only_fatal_errors_and_exhausted_quota_are_not_retryable(
+def test_only_fatal_errors_misuse_and_exhausted_quota_are_not_retryable(
     kind: ErrorKind, retryable: bool
 ) -> None:
     assert kind.retryable is retryable
@@ -349,137 +360,451 @@ def test_an_exception_without_hints_gives_none() -> None:
     assert retry_hint_seconds(ValueError("x")) is None
 
 
-# -- Backoff ------------------------------------------------------------------------------
+def test_a_retry_after_attribute_too_large_for_a_float_is_ignored() -> None:
+    assert retry_hint_seconds(WithRetryAfter(10**400)) is None
 
 
-def never() -> float:
-    return 0.0
+def test_a_huge_but_finite_hint_is_reported_as_it_is() -> None:
+    """How long is too long is the retry policy's call (`Backoff.max_hint`), not this one's."""
+    assert retry_hint_seconds(WithRetryAfter(1e308)) == 1e308
+    assert retry_hint_seconds(WithHeaders({"retry-after": "1e10"})) == 1e10
 
 
-def always() -> float:
-    return 1.0
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e400", "1" * 500, "Infinity"])
+def test_a_retry_after_that_is_not_finite_is_ignored(value: str) -> None:
+    assert retry_hint_seconds(WithHeaders({"retry-after": value})) is None
 
 
-def half() -> float:
-    return 0.5
-
-
-def test_backoff_doubles_from_one_second_without_jitter() -> None:
-    backoff = Backoff()
-    assert [backoff.delay(n, rng=never) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
-
-
-def test_jitter_shortens_the_wait_by_up_to_the_jitter_fraction() -> None:
-    backoff = Backoff()
-    assert [backoff.delay(n, rng=always) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
-    assert [backoff.delay(n, rng=half) for n in (1, 2, 3)] == [0.75, 1.5, 3.0]
-
-
-def test_backoff_is_capped_at_the_maximum() -> None:
-    backoff = Backoff()
-    assert backoff.delay(7, rng=never) == 60.0
-    assert backoff.delay(7, rng=half) == 45.0
-    assert backoff.delay(10_000, rng=never) == 60.0
-
-
-def test_a_custom_backoff() -> None:
-    backoff = Backoff(initial=0.5, maximum=10.0, multiplier=3.0, jitter=0.0)
-    assert [backoff.delay(n, rng=always) for n in (1, 2, 3, 4)] == [0.5, 1.5, 4.5, 10.0]
-
-
-def test_retry_zero_waits_like_the_first_retry() -> None:
-    assert Backoff().delay(0, rng=never) == 1.0
-
-
-def test_a_hint_replaces_the_backoff_whether_shorter_or_longer() -> None:
-    """The provider's hint is the wait: 15 ms when it says 15 ms, 120 s past the maximum."""
-    for hint in (0.015, 3.0, 120.0):
-        verdict = decide(ee.RateLimitError("x", retry_after=hint), 4, 10, Backoff())
-        assert verdict.delay == hint
+def test_an_http_date_far_ahead_is_the_time_until_then() -> None:
+    exc = WithHeaders({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"})
+    assert retry_hint_seconds(exc, at(0.0)) == 253402300799.0 - MOMENT
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    "value", ["Wed, 21 Oct 99999 07:28:00 GMT", "Wed, 21 Oct 2015 99:28:00 GMT", "Wed, 21"]
+)
+def test_an_http_date_that_does_not_exist_is_ignored(value: str) -> None:
+    assert retry_hint_seconds(WithHeaders({"retry-after": value}), at(0.0)) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("1445412510", 30.0), ("1445412510000", 30.0), ("1445412470", 0.0)]
+)
+def test_a_reset_given_as_a_unix_timestamp_is_the_time_until_then(
+    value: str, seconds: float
+) -> None:
+    """A reset of 10**9 s (31 years) or more is a timestamp, as OpenRouter-style servers
+    send; in milliseconds from 10**12 on."""
+    exc = WithHeaders({"x-ratelimit-reset": value})
+    assert retry_hint_seconds(exc, at(0.0)) == seconds
+
+
+def test_headers_read_through_get_alone_give_hints() -> None:
+    class GetOnly:
+        def get(self, name: str) -> str | None:
+            return {"retry-after": "4"}.get(name)
+
+    assert retry_hint_seconds(WithHeaders(GetOnly())) == 4.0
+
+
+def test_bytes_header_values_are_read() -> None:
+    assert retry_hint_seconds(WithHeaders({b"retry-after": b"4"})) == 4.0
+
+
+# -- NestedRunError and misuse of event loops ---------------------------------------------
+
+WRONG_LOOP = (
+    "the async client was created or first used on another event loop; create it inside "
+    "the running loop (in the function or per run), or use the sync function with "
+    "SyncExecutor"
+)
+NESTED_RUN = (
+    "a blocking run (executor.run() or asyncio.run()) was called inside a running event "
+    "loop; await executor.execute(inputs) there instead, or apply nest_asyncio"
+)
+
+
+def test_nested_run_error_is_a_runtime_error_exported_from_exceptions() -> None:
+    assert issubclass(ee.NestedRunError, RuntimeError)
+    assert not issubclass(ee.NestedRunError, ee.PhoenixException)
+    assert "NestedRunError" in ee.__all__
+
+
+def test_a_nested_run_error_is_misuse() -> None:
+    report = classify_error(ee.NestedRunError("run() inside a running loop"))
+    assert report == ErrorReport(ErrorKind.MISUSE, advice=NESTED_RUN)
+
+
+def test_asyncio_run_inside_a_running_loop_is_misuse() -> None:
+    async def nested() -> None:
+        coroutine = asyncio.sleep(0)
+        try:
+            asyncio.run(coroutine)
+        finally:
+            coroutine.close()
+
+    with pytest.raises(RuntimeError) as caught:
+        asyncio.run(nested())
+    assert classify_error(caught.value) == ErrorReport(ErrorKind.MISUSE, advice=NESTED_RUN)
+
+
+def test_a_lock_used_on_a_second_event_loop_is_misuse() -> None:
+    lock = asyncio.Lock()
+
+    async def contend() -> None:
+        async def hold() -> None:
+            async with lock:
+                await asyncio.sleep(0)
+
+        await asyncio.gather(hold(), hold())
+
+    asyncio.run(contend())
+    with pytest.raises(RuntimeError, match="is bound to a different event loop") as caught:
+        asyncio.run(contend())
+    assert classify_error(caught.value) == ErrorReport(ErrorKind.MISUSE, advice=WRONG_LOOP)
+
+
+def test_a_closed_event_loop_is_misuse() -> None:
+    loop = asyncio.new_event_loop()
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed") as caught:
+        loop.call_soon(print)
+    assert classify_error(caught.value) == ErrorReport(ErrorKind.MISUSE, advice=WRONG_LOOP)
+
+
+def test_a_future_of_another_loop_is_misuse() -> None:
+    other = asyncio.new_event_loop()
+    try:
+        foreign = other.create_future()
+
+        async def wait_for_it() -> None:
+            await foreign
+
+        with pytest.raises(RuntimeError, match="attached to a different loop") as caught:
+            asyncio.run(wait_for_it())
+    finally:
+        other.close()
+    assert classify_error(caught.value).kind is ErrorKind.MISUSE
+
+
+def test_a_loop_error_wrapped_by_an_sdk_connection_error_is_misuse() -> None:
+    """openai and anthropic raise `APIConnectionError(...) from err` around what httpx
+    raised: the loop error is the cause, and retrying the wrapper cannot help."""
+    try:
+        try:
+            raise RuntimeError("Event loop is closed")
+        except RuntimeError as err:
+            raise APIConnectionError("Connection error.") from err
+    except APIConnectionError as exc:
+        wrapped = exc
+    assert classify_error(wrapped) == ErrorReport(ErrorKind.MISUSE, advice=WRONG_LOOP)
+
+
+def test_a_loop_error_raised_while_handling_another_is_misuse() -> None:
+    """Some wrappers raise their own error inside `except` without `from`: the loop
+    error is then the context, shown under it in the traceback."""
+
+    def fail() -> None:
+        try:
+            raise RuntimeError("Event loop is closed")
+        except RuntimeError:
+            raise APIConnectionError("Connection error.")  # noqa: B904
+
+    with pytest.raises(APIConnectionError) as caught:
+        fail()
+    assert classify_error(caught.value).kind is ErrorKind.MISUSE
+
+
+def test_a_loop_error_hidden_with_from_none_is_not_misuse() -> None:
+    def fail() -> None:
+        try:
+            raise RuntimeError("Event loop is closed")
+        except RuntimeError:
+            raise ValueError("bad json") from None
+
+    with pytest.raises(ValueError, match="bad json") as caught:
+        fail()
+    assert classify_error(caught.value) == ErrorReport(ErrorKind.OTHER)
+
+
+def test_a_cycle_of_causes_is_walked_once() -> None:
+    first, second = ValueError("a"), ValueError("b")
+    first.__cause__, second.__cause__ = second, first
+    assert classify_error(first) == ErrorReport(ErrorKind.OTHER)
+
+
+@pytest.mark.parametrize(
+    "exc",
     [
-        ({"initial": -1.0}, "Backoff.initial must be a finite number >= 0, got -1.0"),
-        ({"maximum": float("inf")}, "Backoff.maximum must be a finite number >= 0, got inf"),
-        ({"multiplier": 0.5}, "Backoff.multiplier must be >= 1, got 0.5"),
-        ({"jitter": 1.5}, "Backoff.jitter must be in [0, 1], got 1.5"),
-        ({"jitter": -0.1}, "Backoff.jitter must be in [0, 1], got -0.1"),
+        RuntimeError("boom"),
+        RuntimeError(),
+        ValueError("Event loop is closed"),  # the words, but not asyncio's RuntimeError
     ],
 )
-def test_bad_backoff_arguments_are_refused(kwargs: dict[str, float], message: str) -> None:
+def test_other_runtime_errors_and_lookalikes_are_not_misuse(exc: BaseException) -> None:
+    assert classify_error(exc) == ErrorReport(ErrorKind.OTHER)
+
+
+# -- classification never raises ----------------------------------------------------------
+
+
+class Broken(Exception):
+    """Raised by the hostile attributes below; never an AttributeError."""
+
+
+def explode(*_: object) -> Any:
+    raise Broken("read me if you can")
+
+
+def raising_property() -> Any:
+    """An attribute that raises when read; setting it (as `__init__` may) is ignored."""
+    return property(explode, lambda self, value: None)
+
+
+class BrokenStrRateLimit(RateLimitError):
+    __str__ = explode
+
+
+class BrokenReprRateLimit(RateLimitError):
+    __repr__ = explode
+
+
+def sdk_error(cls: type[Exception] = RateLimitError, **attributes: object) -> Exception:
+    """An SDK-shaped 429 of class `cls` whose listed attributes raise when read."""
+    hostile = type(cls.__name__, (cls,), {name: raising_property() for name in attributes})
+    return hostile("limited", status_code=429, headers={"retry-after": "3"})  # type: ignore[call-arg]
+
+
+def test_a_rate_limit_whose_str_raises_is_still_a_rate_limit() -> None:
+    exc = BrokenStrRateLimit("x", status_code=429, headers={"retry-after": "3"})
+    assert classify_error(exc) == ErrorReport(ErrorKind.RATE_LIMIT, 429, 3.0)
+
+
+def test_a_broken_str_does_not_hide_an_exhausted_quota_in_the_body() -> None:
+    exc = BrokenStrRateLimit("x", status_code=429, body={"error": {"code": "insufficient_quota"}})
+    assert classify_error(exc) == ErrorReport(ErrorKind.QUOTA_EXHAUSTED, 429)
+
+
+@pytest.mark.parametrize("name", ["code", "type", "body", "retry_after"])
+def test_an_attribute_that_raises_counts_as_absent(name: str) -> None:
+    assert classify_error(sdk_error(**{name: None})) == ErrorReport(ErrorKind.RATE_LIMIT, 429, 3.0)
+
+
+def test_a_status_code_that_raises_leaves_the_response_status() -> None:
+    assert classify_error(sdk_error(status_code=None)) == ErrorReport(
+        ErrorKind.RATE_LIMIT, 429, 3.0
+    )
+
+
+def test_a_response_that_raises_when_read_leaves_the_class_name() -> None:
+    """httpx's `HTTPError.request` raises RuntimeError when unset; SDK look-alikes may too."""
+    exc = sdk_error(response=None, status_code=None)
+    assert classify_error(exc) == ErrorReport(ErrorKind.RATE_LIMIT)
+
+
+class ResponseWith:
+    def __init__(self, status_code: object = 429, **hostile: object) -> None:
+        self.status_code = status_code
+        for name, value in hostile.items():
+            setattr(self, name, value)
+
+
+class BrokenHeadersResponse:
+    status_code = 429
+    headers = raising_property()
+
+
+class ItemsRaise(dict[str, str]):
+    def items(self) -> Any:
+        raise Broken("no items")
+
+    def get(self, *_: object) -> Any:
+        raise Broken("no get")
+
+
+class HostileValue:
+    __str__ = __repr__ = __eq__ = __hash__ = __float__ = __int__ = explode  # type: ignore[assignment]
+
+
+class Pairs:
+    """Headers whose `items()` returns whatever it was given."""
+
+    def __init__(self, items: object) -> None:
+        self._items = items
+
+    def items(self) -> object:
+        return self._items
+
+
+def with_response(response: object) -> Exception:
+    exc = RateLimitError("limited")
+    exc.response = response  # type: ignore[attr-defined]
+    return exc
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        BrokenHeadersResponse(),
+        ResponseWith(headers=ItemsRaise()),
+        ResponseWith(headers={"retry-after": HostileValue()}),
+        ResponseWith(headers=Pairs([(HostileValue(), "3")])),
+        ResponseWith(headers=Pairs([("retry-after",), 1, explode])),
+        ResponseWith(headers=Pairs(HostileValue())),
+    ],
+)
+def test_headers_that_raise_or_misbehave_give_no_hint(response: object) -> None:
+    assert classify_error(with_response(response)) == ErrorReport(ErrorKind.RATE_LIMIT, 429)
+
+
+def test_a_status_of_a_hostile_int_subclass_is_read_as_its_value() -> None:
+    class Status(int):
+        __eq__ = __hash__ = __le__ = __ge__ = __lt__ = __gt__ = __repr__ = explode  # type: ignore[assignment]
+
+    exc = Exception("limited")
+    exc.status = Status(429)  # type: ignore[attr-defined]
+    assert classify_error(exc) == ErrorReport(ErrorKind.RATE_LIMIT, 429)
+
+
+def test_an_exception_whose_class_attribute_raises_is_classified() -> None:
+    class Masked(ConnectionError):
+        __class__ = raising_property()  # type: ignore[assignment]
+
+    assert classify_error(Masked("reset")) == ErrorReport(ErrorKind.TRANSIENT)
+
+
+def test_an_exception_whose_every_attribute_raises_is_other() -> None:
+    class Hostile(Exception):
+        def __getattribute__(self, name: str) -> Any:
+            raise Broken(name)
+
+    assert classify_error(Hostile("x")) == ErrorReport(ErrorKind.OTHER)
+
+
+# -- describe_error -----------------------------------------------------------------------
+
+
+def test_describe_error_is_the_repr() -> None:
+    assert describe_error(ValueError("bad json")) == "ValueError('bad json')"
+
+
+def test_an_exception_whose_repr_raises_is_described_by_its_type() -> None:
+    assert describe_error(BrokenReprRateLimit("x")) == "<BrokenReprRateLimit whose repr() failed>"
+
+
+def test_a_repr_that_is_not_a_string_is_described_by_its_type() -> None:
+    class NotText(Exception):
+        def __repr__(self) -> Any:
+            return 42
+
+    assert describe_error(NotText()) == "<NotText whose repr() failed>"
+
+
+def test_a_long_repr_is_cut_and_says_how_much_was_cut() -> None:
+    exc = ValueError("x" * 10_000_000)
+    text = describe_error(exc)
+    assert text == "ValueError('" + "x" * 488 + "... [9999514 characters cut]"
+
+
+def test_the_limit_is_the_number_of_characters_kept() -> None:
+    assert describe_error(ValueError("abcdef"), limit=5) == "Value... [15 characters cut]"
+    assert describe_error(ValueError("abcdef"), limit=0) == "... [20 characters cut]"
+    assert describe_error(ValueError("abcdef"), limit=17) == "ValueError('abcdef')"[:17] + (
+        "... [3 characters cut]"
+    )
+    assert describe_error(ValueError("abcdef"), limit=20) == "ValueError('abcdef')"
+
+
+@pytest.mark.parametrize("limit", [-1, 2.5, True, "500"])
+def test_a_bad_limit_is_refused(limit: Any) -> None:
+    message = f"describe_error: limit must be an int >= 0, got {limit!r}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        Backoff(**kwargs)
+        describe_error(ValueError("x"), limit=limit)
 
 
-# -- decide -------------------------------------------------------------------------------
+# -- never raises, whatever the exception carries -----------------------------------------
 
-NO_JITTER = Backoff(jitter=0.0)
-
-
-def test_other_errors_are_retried_at_once() -> None:
-    verdict = decide(ValueError("x"), 3, 10, NO_JITTER)
-    assert verdict == Verdict(ErrorReport(ErrorKind.OTHER), retry=True, delay=0.0)
-
-
-def test_rate_limits_are_retried_after_a_backoff() -> None:
-    verdict = decide(ee.RateLimitError("x"), 2, 10, NO_JITTER)
-    assert verdict == Verdict(ErrorReport(ErrorKind.RATE_LIMIT), retry=True, delay=4.0)
-
-
-def test_rate_limit_hints_set_the_delay_and_a_cooldown() -> None:
-    verdict = decide(ee.RateLimitError("x", retry_after=7.0), 0, 10, NO_JITTER)
-    assert verdict == Verdict(
-        ErrorReport(ErrorKind.RATE_LIMIT, None, 7.0), retry=True, delay=7.0, cooldown=7.0
+ATTRIBUTES = (
+    "status_code",
+    "status",
+    "response",
+    "headers",
+    "body",
+    "code",
+    "type",
+    "retry_after",
+    "__cause__",
+    "__context__",
+)
+hostile_values = st.deferred(
+    lambda: st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=30),
+        st.sampled_from(
+            ["429", "1e10", "inf", "nan", "-5", "6m0s", "insufficient_quota", HTTP_DATE]
+        ),
+        st.binary(max_size=10),
+        st.builds(HostileValue),
+        st.builds(ValueError, st.text(max_size=10)),
+        st.builds(RuntimeError, st.sampled_from(["Event loop is closed", "boom"])),
+        st.dictionaries(
+            st.sampled_from(["error", "code", "type", "retry-after", "x-ratelimit-reset-tokens"]),
+            hostile_values,
+            max_size=3,
+        ),
+        st.builds(ResponseWith, hostile_values, headers=hostile_values),
+        st.builds(BrokenHeadersResponse),
+        st.builds(ItemsRaise, st.just({"retry-after": "3"})),
     )
+)
+specs = st.dictionaries(
+    st.sampled_from(ATTRIBUTES),
+    st.one_of(st.just("raise"), st.tuples(st.just("value"), hostile_values)),
+    max_size=6,
+)
+bases = st.sampled_from(
+    [Exception, RuntimeError, ConnectionError, ee.RateLimitError, ee.PhoenixException]
+)
+methods = st.sets(st.sampled_from(["__str__", "__repr__", "__getattr__", "__class__"]))
 
 
-def test_transient_errors_are_retried_after_a_backoff_without_a_cooldown() -> None:
-    verdict = decide(ConnectionResetError("x"), 1, 10, NO_JITTER)
-    assert verdict == Verdict(ErrorReport(ErrorKind.TRANSIENT), retry=True, delay=2.0)
+def build_hostile(
+    base: type[Exception], named: str, spec: dict[str, Any], broken: set[str]
+) -> Exception:
+    namespace: dict[str, Any] = {name: explode for name in broken if name != "__class__"}
+    if "__class__" in broken:
+        namespace["__class__"] = raising_property()
+    for name, how in spec.items():
+        if how == "raise":
+            namespace[name] = raising_property()
+        elif not name.startswith("__"):
+            namespace[name] = how[1]
+    exc = type(named, (base,), namespace)("x")
+    for name, how in spec.items():
+        if how != "raise" and name.startswith("__") and issubclass(type(how[1]), BaseException):
+            setattr(exc, name, how[1])
+    return exc
 
 
-def test_transient_hints_set_the_delay_but_no_cooldown() -> None:
-    exc = APIStatusError(status_code=503, headers={"retry-after": "9"})
-    verdict = decide(exc, 0, 10, NO_JITTER)
-    assert verdict == Verdict(ErrorReport(ErrorKind.TRANSIENT, 503, 9.0), retry=True, delay=9.0)
-
-
-def test_the_rng_reaches_the_backoff() -> None:
-    verdict = decide(ee.RateLimitError("x"), 0, 10, Backoff(), rng=half)
-    assert verdict.delay == 0.75
-
-
-def test_without_backoff_only_the_hint_delays_a_retry() -> None:
-    assert decide(ee.RateLimitError("x"), 0, 10, None).delay == 0.0
-    assert decide(ee.RateLimitError("x", retry_after=7.0), 0, 10, None).delay == 7.0
-    assert decide(ConnectionResetError("x"), 4, 10, None).delay == 0.0
-
-
-def test_no_retry_once_max_retries_are_used_up() -> None:
-    assert decide(ValueError("x"), 10, 10, NO_JITTER) == Verdict(
-        ErrorReport(ErrorKind.OTHER), retry=False
+@given(
+    base=bases,
+    named=st.sampled_from(["RateLimitError", "APIConnectionError", "Hostile"]),
+    spec=specs,
+    broken=methods,
+    limit=st.integers(min_value=0, max_value=600),
+)
+def test_classify_and_describe_never_raise_for_hostile_exceptions(
+    base: type[Exception], named: str, spec: dict[str, Any], broken: set[str], limit: int
+) -> None:
+    exc = build_hostile(base, named, spec, broken)
+    report = classify_error(exc, wall_clock=at(0.0))
+    assert type(report) is ErrorReport
+    assert report.retry_after is None or (
+        math.isfinite(report.retry_after) and report.retry_after >= 0
     )
-    assert decide(ValueError("x"), 9, 10, NO_JITTER).retry is True
-    assert decide(ValueError("x"), 0, 0, NO_JITTER).retry is False
-
-
-def test_a_rate_limit_out_of_retries_still_reports_its_cooldown() -> None:
-    verdict = decide(ee.RateLimitError("x", retry_after=5.0), 3, 3, NO_JITTER)
-    assert verdict == Verdict(
-        ErrorReport(ErrorKind.RATE_LIMIT, None, 5.0), retry=False, cooldown=5.0
-    )
-
-
-def test_fatal_errors_are_not_retried_and_do_not_stop_the_run() -> None:
-    verdict = decide(APIStatusError(status_code=401), 0, 10, NO_JITTER)
-    assert verdict == Verdict(ErrorReport(ErrorKind.FATAL, 401), retry=False)
-
-
-def test_an_exhausted_quota_is_not_retried_and_stops_the_run() -> None:
-    exc = RateLimitError(status_code=429, body={"error": {"code": "insufficient_quota"}})
-    verdict = decide(exc, 0, 10, NO_JITTER)
-    assert verdict == Verdict(
-        ErrorReport(ErrorKind.QUOTA_EXHAUSTED, 429), retry=False, stop_run=True
-    )
+    text = describe_error(exc, limit)
+    assert type(text) is str
+    assert len(text) <= limit or text[:limit] + "... [" in text
