@@ -10,9 +10,11 @@ from evalexec._retry import Backoff
 from evalexec.exceptions import (
     ErrorKind,
     ErrorReport,
+    NestedRunError,
     PhoenixException,
     RateLimitError,
     classify_error,
+    describe_error,
     retry_hint_seconds,
 )
 from evalexec.executors import (
@@ -40,6 +42,7 @@ __all__ = [
     "ExecutionStatus",
     "Executor",
     "IncompleteRunError",
+    "NestedRunError",
     "PhoenixException",
     "RateLimitError",
     "RecordedError",
@@ -48,6 +51,7 @@ __all__ = [
     "__version__",
     "_unset",
     "classify_error",
+    "describe_error",
     "get_executor_on_sync_context",
     "retry_hint_seconds",
 ]

@@ -403,10 +403,9 @@ class Run:
             self.fail(work, cause)
             if verdict.stop_run:
                 if self.stop is None:
-                    say.stopped_early(
-                        self.progress.write, f"the provider says the quota is exhausted ({cause})"
-                    )
-                self.end("quota")
+                    say.stopped_early(self.progress.write, verdict.reason, cause)
+                # A provider's stop lets admitted calls finish; a misuse fails them all.
+                self.end("failed" if verdict.report.kind is ErrorKind.MISUSE else "quota")
             return
         work.errors += 1
         self.retries += 1

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
+from evalexec.exceptions import describe_error
+
 __all__ = [
     "StopReason",
     "describe",
@@ -35,19 +37,7 @@ StopReason = Literal[
     "cancelled",  # the task awaiting the run was cancelled from outside
 ]
 
-_MAX_DESCRIPTION = 500
-
-
-def describe(exc: BaseException) -> str:
-    """`repr(exc)`, cut to a readable length, or a stand-in when even that fails."""
-    try:
-        text = repr(exc)
-    except Exception:
-        return f"<{type(exc).__qualname__} whose repr() failed>"
-    if len(text) > _MAX_DESCRIPTION:
-        cut = len(text) - _MAX_DESCRIPTION
-        text = f"{text[:_MAX_DESCRIPTION]}... ({cut} more characters)"
-    return text
+describe = describe_error  # one safe, bounded description of an exception
 
 
 def interrupted(write: Callable[[str], None]) -> None:
@@ -57,10 +47,11 @@ def interrupted(write: Callable[[str], None]) -> None:
     )
 
 
-def stopped_early(write: Callable[[str], None], cause: str) -> None:
-    """The provider said retrying cannot help (e.g. the quota is exhausted)."""
+def stopped_early(write: Callable[[str], None], reason: str, cause: str) -> None:
+    """Retrying cannot help any input (the quota is exhausted, a wait too long, a misuse):
+    `reason` is the retry policy's sentence, `cause` the error that said so."""
     write(
-        f"evalexec: stopping the run: {cause}; retrying cannot help. "
+        f"evalexec: stopping the run: {reason} ({cause}). "
         "Calls already in flight finish; finished outputs are kept."
     )
 

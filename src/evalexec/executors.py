@@ -47,6 +47,7 @@ from evalexec._progress import Progress
 from evalexec._retry import Backoff, decide
 from evalexec._signals import handler_restored, termination_handler
 from evalexec._threads import ThreadCalls
+from evalexec.exceptions import NestedRunError
 
 __all__ = [
     "AsyncExecutor",
@@ -145,7 +146,7 @@ def _refuse_nested_loop(what: str, instead: str) -> None:
     except RuntimeError:
         return
     if not getattr(asyncio, "_nest_patched", False):
-        raise RuntimeError(
+        raise NestedRunError(
             f"{what} cannot be called from inside a running event loop; use "
             f"`{instead}` there, or apply nest_asyncio first "
             "(`import nest_asyncio; nest_asyncio.apply()`)"
@@ -815,9 +816,7 @@ class _Sequential:
                 say.failed(index, errors + 1, cause)
                 if verdict.stop_run:
                     self.stop = "quota"
-                    say.stopped_early(
-                        self.write, f"the provider says the quota is exhausted ({cause})"
-                    )
+                    say.stopped_early(self.write, verdict.reason, cause)
                 return True, executor.fallback_return_value, errors
             errors += 1
             wait = max(verdict.delay, verdict.cooldown or 0.0)
@@ -863,7 +862,7 @@ class _Sequential:
         try:
             self.in_call = True
             try:
-                self.executor._sleep(seconds)
+                self.executor._sleep(min(seconds, threading.TIMEOUT_MAX))
             finally:
                 self.in_call = False
         except _Interrupted:

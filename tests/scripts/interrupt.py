@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from evalexec import Backoff
 from evalexec.exceptions import RateLimitError
 from evalexec.executors import AsyncExecutor, ExecutionDetails, SyncExecutor
 
@@ -118,14 +119,20 @@ def main() -> None:
                 raise
         return f"out:{item}"
 
+    # The hour-long hint of ``backoff`` must be waited out, not refused as too long.
+    backoff = Backoff(max_hint=2 * HOUR)
     executor: Any
     if mode == "async":
-        executor = AsyncExecutor(generate_async, concurrency=2, fallback_return_value="fallback")
+        executor = AsyncExecutor(
+            generate_async, concurrency=2, fallback_return_value="fallback", backoff=backoff
+        )
     elif mode == "threads":
-        executor = SyncExecutor(generate_sync, concurrency=2, fallback_return_value="fallback")
+        executor = SyncExecutor(
+            generate_sync, concurrency=2, fallback_return_value="fallback", backoff=backoff
+        )
     else:
         executor = SyncExecutor(
-            generate_sync, fallback_return_value="fallback", sleep=sleep_in_ticks
+            generate_sync, fallback_return_value="fallback", sleep=sleep_in_ticks, backoff=backoff
         )
 
     inputs = list(range(10))
