@@ -346,15 +346,33 @@ class AsyncExecutor:
         def emit(index: int, output: Any, details: ExecutionDetails) -> None:
             results.put_nowait((index, output, details))
 
+        remote = _Remote()
+
         async def drive_stream() -> None:
             try:
-                ended.append(await drive(self._config(), inputs, total, None, emit, room=room))
+                run = await drive(
+                    self._config(),
+                    inputs,
+                    total,
+                    None,
+                    emit,
+                    room=room,
+                    install_handler=False,
+                    started=remote.attach,
+                )
+                ended.append(run)
             finally:
                 results.put_nowait(None)
 
         driver = asyncio.get_running_loop().create_task(drive_stream())
         try:
-            while (result := await results.get()) is not None:
+            while True:
+                # The handler is ours only while we wait for the next result: a stream
+                # left open, or dropped unclosed, never keeps it installed.
+                with termination_handler(self.termination_signal, remote.on_signal):
+                    result = await results.get()
+                if result is None:
+                    break
                 yield result
                 room.release()
             await driver
