@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from evalexec._fingerprint import Unfingerprintable, fingerprint
+from evalexec._fingerprint import Unfingerprintable, fingerprint, key_fingerprint
 
 np = pytest.importorskip("numpy")
 pd = pytest.importorskip("pandas")
@@ -347,3 +347,22 @@ def test_a_dataframe_and_its_rows_fingerprint_the_same_in_every_call() -> None:
     rows = [row for _, row in frame.iterrows()]
     assert fingerprint(rows[0]) != fingerprint(rows[1])
     assert fingerprint(rows[0]) == fingerprint(next(frame.iterrows())[1])
+
+
+def test_a_key_never_fingerprints_like_an_input() -> None:
+    assert key_fingerprint("row 1") != fingerprint("row 1")
+    assert key_fingerprint("row 1") == key_fingerprint("row 1")
+    assert key_fingerprint(("row", 1)) != key_fingerprint(("row", 2))
+
+
+@dataclasses.dataclass
+class Lazy:
+    question: str
+    answer: str = dataclasses.field(init=False)
+
+
+def test_a_field_that_was_never_set_differs_from_every_value() -> None:
+    unset = Lazy("q")
+    empty = Lazy("q")
+    empty.answer = ""
+    differ(unset, empty)

@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from evalexec._details import STORED_STATUSES, ExecutionDetails, ExecutionStatus
-from evalexec._fingerprint import Unfingerprintable, fingerprint, type_path
+from evalexec._fingerprint import Unfingerprintable, fingerprint, key_fingerprint, type_path
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "RecordedError", "Restored"]
 
@@ -297,15 +297,14 @@ class CheckpointStore:
     def fingerprint(self, item: object) -> str:
         """The fingerprint of `item` as it is now: take it when the input is drawn.
 
-        With ``input_key``, the fingerprint of ``input_key(item)`` (marked, so that it
-        never equals a fingerprint of an input itself). Raises `CheckpointError` naming
+        With ``input_key``, the fingerprint of ``input_key(item)`` (kept apart, so that
+        it never equals the fingerprint of an input itself). Raises `CheckpointError` naming
         the type when the value cannot be fingerprinted soundly.
         """
-        value = item if self._input_key is None else self._input_key(item)
         try:
             if self._input_key is None:
-                return fingerprint(value)
-            return fingerprint(("evalexec input_key", value))
+                return fingerprint(item)
+            return key_fingerprint(self._input_key(item))
         except Unfingerprintable as exc:
             raise self._unfingerprintable(exc) from None
 

@@ -48,14 +48,18 @@ import uuid
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["Unfingerprintable", "fingerprint"]
+__all__ = ["Unfingerprintable", "fingerprint", "key_fingerprint"]
 
 # Bumped whenever an encoding below changes, so old fingerprints simply stop matching.
+# The two prefixes keep the fingerprint of an input and that of a key apart.
 _VERSION = b"evalexec-fingerprint-1\x00"
+_KEY_VERSION = b"evalexec-input-key-1\x00"
 
 # Strings and bytes longer than this are hashed on their own (and remembered by id), so
 # one long text referred to many times is hashed once.
 _INLINE_LIMIT = 256
+
+_ABSENT = object()  # a declared field that was never set (``field(init=False)``, say)
 
 _pack_length = struct.Struct(">Q").pack
 _pack_float = struct.Struct(">d").pack
@@ -85,6 +89,12 @@ class Unfingerprintable(Exception):
 def fingerprint(value: object) -> str:
     """The hex SHA-256 fingerprint of `value` (see the module docstring)."""
     return hashlib.sha256(_VERSION + _Encoder().encode(value)).hexdigest()
+
+
+def key_fingerprint(key: object) -> str:
+    """The fingerprint of an input given by a user's key for it: the same encoding as
+    `fingerprint`, but never equal to the fingerprint of any input itself."""
+    return hashlib.sha256(_KEY_VERSION + _Encoder().encode(key)).hexdigest()
 
 
 def type_path(value: object) -> str:
@@ -235,6 +245,8 @@ class _Encoder:
         return self.remember(value, _text(b"s", data))
 
     def other(self, value: Any, cls: type) -> _Node:
+        if value is _ABSENT:
+            return b"0"
         if isinstance(value, enum.Enum):
             return _Frame(_header(b"M", type_path(value), value.name or ""), [value.value])
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -267,7 +279,7 @@ class _Encoder:
         """An object by its declared fields, in order, then any other instance attributes."""
         items: list[Any] = []
         for name in names:
-            items += (name, getattr(value, name))
+            items += (name, getattr(value, name, _ABSENT))
         extra = getattr(value, "__dict__", None)
         if extra:
             declared = set(names)
