@@ -795,7 +795,7 @@ def test_pickles_are_not_loaded_from_a_file_of_another_user(path: Path) -> None:
             get(store, 0, "a")
 
 
-# -- the bridge for today's engine ---------------------------------------------------------
+# -- through the executors ----------------------------------------------------------------
 
 
 def test_a_rerun_through_the_executors_restores_outputs_and_details(path: Path) -> None:

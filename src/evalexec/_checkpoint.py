@@ -175,7 +175,6 @@ class Checkpoint:
             raise TypeError(
                 f"checkpoint input_key must be a callable or None, not {type_path(self.input_key)}"
             )
-        object.__setattr__(self, "_bridge", _Bridge())
 
     @classmethod
     def coerce(cls, value: str | os.PathLike[str] | Checkpoint) -> Checkpoint:
@@ -215,56 +214,6 @@ class Checkpoint:
             connection.close()
             raise
         return CheckpointStore(path, connection, trust=self.trust, input_key=self.input_key)
-
-    # -- a bridge for the engine as it is today -------------------------------------------
-    # executors.py builds ``Checkpoint(path)`` and calls restore(index, item),
-    # record(index, item, output, details) and close() on it. These three keep it working
-    # (fingerprints taken at draw time included) until it calls `open` itself; the
-    # function is then unknown, so files made through them record "<function not given>".
-
-    def restore(self, index: int, item: object) -> tuple[object, ExecutionDetails] | None:
-        """Bridge: draw input `index`; its stored ``(output, details)`` or None."""
-        bridge: _Bridge = getattr(self, "_bridge")  # noqa: B009  # set in __post_init__
-        store = bridge.store_for(self)
-        drawn = store.fingerprint(item)
-        restored = store.restore(index, drawn)
-        if restored is None:
-            with bridge.lock:
-                bridge.drawn[index] = drawn
-            return None
-        return restored.output, restored.details()
-
-    def record(self, index: int, item: object, output: object, details: ExecutionDetails) -> None:
-        """Bridge: input `index` finished; store it under its draw-time fingerprint."""
-        bridge: _Bridge = getattr(self, "_bridge")  # noqa: B009  # set in __post_init__
-        store = bridge.store_for(self)
-        with bridge.lock:
-            drawn = bridge.drawn.pop(index, None)
-        store.record(index, store.fingerprint(item) if drawn is None else drawn, output, details)
-
-    def close(self) -> None:
-        """Bridge: close the store opened by `restore` or `record`, if any."""
-        bridge: _Bridge = getattr(self, "_bridge")  # noqa: B009  # set in __post_init__
-        with bridge.lock:
-            store, bridge.store = bridge.store, None
-            bridge.drawn.clear()
-        if store is not None:
-            store.close()
-
-
-class _Bridge:
-    """The state of `Checkpoint`'s bridge methods: one store and the pending fingerprints."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.store: CheckpointStore | None = None
-        self.drawn: dict[int, str] = {}
-
-    def store_for(self, checkpoint: Checkpoint) -> CheckpointStore:
-        with self.lock:
-            if self.store is None:
-                self.store = checkpoint._open("<function not given>")
-            return self.store
 
 
 class CheckpointStore:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import os
 import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from evalexec import _messages as say
-from evalexec._checkpoint import Checkpoint, CheckpointError
+from evalexec._checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from evalexec._controller import ConcurrencyController
 from evalexec._details import ExecutionDetails
 from evalexec._gate import Gate
@@ -81,7 +80,7 @@ class RunConfig:
     deadline: float | None
     termination_signal: signal.Signals | None
     bar_format: str | None
-    checkpoint: str | os.PathLike[str] | None
+    checkpoint: Checkpoint | None
     controller: Any  # ConcurrencyController, or any object with its four members
     check_output: Callable[[Any], None] | None = None  # raises if an output is a misuse
 
@@ -89,12 +88,13 @@ class RunConfig:
 class _Work:
     """One input in play: its index, its value, and its attempt counts so far."""
 
-    __slots__ = ("details", "errors", "index", "input", "timeouts")
+    __slots__ = ("details", "errors", "index", "input", "key", "timeouts")
 
-    def __init__(self, index: int, input: Any, details: ExecutionDetails) -> None:
+    def __init__(self, index: int, input: Any, details: ExecutionDetails, key: str) -> None:
         self.index = index
         self.input = input
         self.details = details
+        self.key = key  # the input's checkpoint fingerprint, taken when it was drawn ("" without)
         self.errors = 0  # attempts that raised (each lowers the queue priority by one)
         self.timeouts = 0  # attempts that timed out (they keep the priority)
 
@@ -184,7 +184,7 @@ class Run:
         self.total = total  # len(inputs), or None for a stream of unknown length
         self.details = details  # the caller's list to fill in, or None for a stream
         self.on_final = on_final  # told of each input once, when it is final
-        self.store: Checkpoint | None = None
+        self.store: CheckpointStore | None = None
         self.started_at = loop.time()
         self.queue: asyncio.PriorityQueue[_Entry] = asyncio.PriorityQueue()
         # At most `window` inputs are drawn and not yet final (or, for a stream that
@@ -233,13 +233,15 @@ class Run:
                 if self.total is not None and index >= self.total:
                     say.inputs_more_than_len(self.total)
                     break
-                stored = None if store is None else store.restore(index, item)
+                # The fingerprint is taken now, before the function can change the input.
+                key = "" if store is None else store.fingerprint(item)
+                stored = None if store is None else store.restore(index, key)
                 if stored is None:
                     details = ExecutionDetails() if self.details is None else self.details[index]
                     self.produced += 1
-                    self.enqueue(_Work(index, item, details))
+                    self.enqueue(_Work(index, item, details, key))
                 else:
-                    self.restored(index, *stored)
+                    self.restored(index, stored.output, stored.details())
                 index += 1
             if self.total is not None and index < self.total:
                 say.inputs_fewer_than_len(index, self.total)
@@ -279,7 +281,7 @@ class Run:
         """`work` reached its final status (COMPLETED, COMPLETED_WITH_RETRIES or FAILED)."""
         if self.store is not None:
             try:
-                self.store.record(work.index, work.input, output, work.details)
+                self.store.record(work.index, work.key, output, work.details)
             except CheckpointError as exc:
                 self.crash(exc, partial=True)
         self._final(work.index, output, work.details)
@@ -475,11 +477,16 @@ class Run:
         try:
             with termination_handler(signum, self.on_signal):
                 if config.checkpoint is not None:
-                    self.store = Checkpoint(config.checkpoint)
+                    try:
+                        self.store = config.checkpoint.open(config.function)
+                    except CheckpointError as exc:
+                        self.crash(exc)  # nothing ran: the error itself, not a partial run
                 if config.deadline is not None:
                     deadline = loop.call_later(config.deadline, self.end, "deadline")
-                tasks = [loop.create_task(self.produce(inputs))]
-                tasks += [loop.create_task(self.work()) for _ in range(config.concurrency)]
+                tasks = []
+                if self.stop is None:
+                    tasks.append(loop.create_task(self.produce(inputs)))
+                    tasks += [loop.create_task(self.work()) for _ in range(config.concurrency)]
                 try:
                     await self.stopped.wait()
                     if self.stop == "quota":

@@ -37,7 +37,7 @@ from functools import partial
 from typing import Any, NoReturn, Protocol, TypeVar
 
 from evalexec import _messages as say
-from evalexec._checkpoint import Checkpoint, CheckpointError
+from evalexec._checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from evalexec._controller import ConcurrencyController, ControllerLike, adaptive_controller
 from evalexec._details import ExecutionDetails, ExecutionStatus, Unset
 from evalexec._details import _unset as _unset
@@ -281,11 +281,11 @@ class AsyncExecutor:
         dynamic_inactive_check_interval: float = 1.0,
         backoff: Backoff | None = _DEFAULT_BACKOFF,
         deadline: float | None = None,
-        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
     ) -> None:
         _check_callable(generation_fn)
         self.generate = generation_fn
-        self.checkpoint = checkpoint
+        self.checkpoint = None if checkpoint is None else Checkpoint.coerce(checkpoint)
         self.concurrency = _check_int("concurrency", concurrency, 1)
         self.tqdm_bar_format = tqdm_bar_format
         self.max_retries = _check_int("max_retries", max_retries, 0)
@@ -465,13 +465,13 @@ class SyncExecutor:
         dynamic_initial_target: int | None = None,
         backoff: Backoff | None = _DEFAULT_BACKOFF,
         deadline: float | None = None,
-        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         _check_callable(generation_fn)
         self.generate = generation_fn
-        self.checkpoint = checkpoint
+        self.checkpoint = None if checkpoint is None else Checkpoint.coerce(checkpoint)
         self.concurrency = _check_int("concurrency", concurrency, 1)
         self.tqdm_bar_format = tqdm_bar_format
         self.max_retries = _check_int("max_retries", max_retries, 0)
@@ -733,14 +733,14 @@ class _Sequential:
         drawn = 0
         completed = ExecutionStatus.COMPLETED
         unchecked = True  # the first output tells whether the function is async by mistake
-        checkpoint = None
+        checkpoint: CheckpointStore | None = None
         progress = Progress(total, executor.tqdm_bar_format, lambda: f"retries={retries}", clock)
         self.write = progress.write  # type: ignore[method-assign]
         try:
             with termination_handler(executor.termination_signal, self.on_signal, _Interrupted):
                 try:
                     if executor.checkpoint is not None:
-                        checkpoint = Checkpoint(executor.checkpoint)
+                        checkpoint = executor.checkpoint.open(executor.generate)
                     try:
                         iterator = iter(inputs)
                     except Exception as exc:
@@ -762,9 +762,16 @@ class _Sequential:
                         if self.stop is not None:
                             break
                         drawn += 1
-                        stored = None if checkpoint is None else checkpoint.restore(index, item)
+                        # The fingerprint is taken before the function can change the input.
+                        key, stored = "", None
+                        if checkpoint is not None:
+                            try:
+                                key = checkpoint.fingerprint(item)
+                                stored = checkpoint.restore(index, key)
+                            except CheckpointError as exc:
+                                _stopped_by(exc, outputs, details)
                         if stored is not None:
-                            output, record = stored
+                            output, record = stored.output, stored.details()
                             if details is not None:
                                 details[index] = record
                         else:
@@ -792,7 +799,7 @@ class _Sequential:
                                     break
                             if checkpoint is not None:
                                 try:
-                                    checkpoint.record(index, item, output, record)
+                                    checkpoint.record(index, key, output, record)
                                 except CheckpointError as exc:
                                     _stopped_by(exc, outputs, details)
                         if outputs is not None:
