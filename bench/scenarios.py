@@ -13,26 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import heapq
 import statistics
 import sys
 import time
 import tracemalloc
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bench.impls import (
-    COMPLETED,
-    COMPLETED_WITH_RETRIES,
-    FAILED,
     FloorAsync,
     FloorSync,
     compressed_options,
     load_module,
     make_async,
     make_sync,
+)
+from bench.metrics import (
+    completed,
+    efficiency,
+    fifo_makespan,
+    jain_fairness,
+    misaligned,
+    provider_notes,
+    result_notes,
+    waste_note,
 )
 from bench.provider import (
     PLAN_HANG,
@@ -81,103 +86,6 @@ class Scenario:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def status_counts(statuses: Sequence[str]) -> str:
-    counts = Counter(statuses)
-    short = {
-        COMPLETED: "ok",
-        COMPLETED_WITH_RETRIES: "retried",
-        FAILED: "failed",
-        "DID NOT RUN": "not-run",
-    }
-    return " ".join(f"{short.get(k, k)}={v}" for k, v in sorted(counts.items()))
-
-
-def completed(statuses: Sequence[str]) -> int:
-    return sum(1 for s in statuses if s in (COMPLETED, COMPLETED_WITH_RETRIES))
-
-
-def misaligned(inputs: Sequence[Any], outputs: Sequence[Any], statuses: Sequence[str]) -> int:
-    """Completed inputs whose output is not their own (every fn here returns its input)."""
-    if len(outputs) != len(inputs) or len(statuses) != len(inputs):
-        return len(inputs)
-    return sum(
-        1
-        for x, out, s in zip(inputs, outputs, statuses, strict=True)
-        if s in (COMPLETED, COMPLETED_WITH_RETRIES) and out != x
-    )
-
-
-def result_notes(
-    inputs: Sequence[Any], outputs: Sequence[Any], statuses: Sequence[str]
-) -> list[str]:
-    notes = [status_counts(statuses)]
-    done = completed(statuses)
-    if done < len(inputs):
-        notes.insert(0, f"INCOMPLETE: {done}/{len(inputs)} completed")
-    if len(outputs) != len(inputs) or len(statuses) != len(inputs):
-        notes.append(f"LENGTH MISMATCH outputs={len(outputs)} details={len(statuses)}")
-    bad = misaligned(inputs, outputs, statuses)
-    if bad:
-        notes.append(f"MISALIGNED outputs={bad}")
-    return notes
-
-
-def provider_notes(report: ProviderReport, concurrency: int | None) -> list[str]:
-    notes: list[str] = []
-    if concurrency is not None:
-        for tag, peak in sorted(report.peak_in_flight_by_tag.items()):
-            if peak > concurrency:
-                who = f" [{tag}]" if tag else ""
-                notes.append(f"VIOLATION in-flight{who} {peak} > concurrency {concurrency}")
-    notes.extend(f"VIOLATION {v}" for v in report.limit_violations)
-    if report.still_running:
-        notes.append(f"LEAKED {report.still_running} calls still running after return")
-    return notes
-
-
-def efficiency(ideal: float | None, wall: float, done: int | None = None, n: int = 0) -> float:
-    """ideal / wall, scaled by the fraction of inputs completed when `done` is given."""
-    if not ideal or wall <= 0:
-        return 0.0
-    value = ideal / wall
-    if done is not None and n:
-        value *= done / n
-    return value
-
-
-def fifo_makespan(attempts: Sequence[Sequence[float]], slots: int) -> float:
-    """Makespan of a zero-overhead executor with `slots` workers that takes inputs in
-    order and runs a retry (ready when its failed attempt ends) before any fresh input.
-
-    `attempts[i]` lists the durations of input i's attempts (a timed-out attempt lasts
-    the timeout). Nothing that does not know in advance which calls will fail can do
-    better with in-order dispatch.
-    """
-    free = [0.0] * slots  # heap of times at which a slot becomes free
-    retries: list[tuple[float, int, int]] = []  # heap of (ready time, input, attempt)
-    fresh = 0
-    end = 0.0
-    while True:
-        t = heapq.heappop(free)
-        if retries and retries[0][0] <= t:
-            _, i, k = heapq.heappop(retries)
-            start = t
-        elif fresh < len(attempts):
-            i, k, start = fresh, 0, t
-            fresh += 1
-        elif retries:
-            ready, i, k = heapq.heappop(retries)
-            start = max(t, ready)
-        else:
-            break
-        finish = start + attempts[i][k]
-        end = max(end, finish)
-        if k + 1 < len(attempts[i]):
-            heapq.heappush(retries, (finish, i, k + 1))
-        heapq.heappush(free, finish)
-    return end
 
 
 def interleaved_best(
@@ -471,7 +379,7 @@ def sync429(impl: str, quick: bool) -> Measurement:
     (outputs, statuses), wall = timed(lambda: runner.run(inputs))
     report = provider.report()
     notes = [
-        _waste_note(report),
+        waste_note(report),
         *result_notes(inputs, outputs, statuses),
         f"dispatched during hinted cooldown: {report.dispatched_during_hint}",
         *provider_notes(report, 1),
@@ -635,11 +543,6 @@ def _rate_single(
     return measurement, report, statuses
 
 
-def _waste_note(report: ProviderReport) -> str:
-    share = 100.0 * report.wasted / report.calls if report.calls else 0.0
-    return f"wasted {share:.1f}% of calls ({report.summary()})"
-
-
 def _per_minute_note(report: ProviderReport, tb: Timebase) -> str:
     if tb.k == 1:
         return f"peak accepted/min {report.max_accepted_per_minute}"
@@ -663,7 +566,7 @@ def rpm500(impl: str, quick: bool, tb: Timebase) -> Measurement:
     assert config.requests_per_minute is not None
     ideal = n / (config.requests_per_minute / 60.0)
     m, report, _ = _rate_single(impl, config, n, conc, ideal, tb)
-    m.notes.insert(1, _waste_note(report))
+    m.notes.insert(1, waste_note(report))
     m.notes.append(_per_minute_note(report, tb))
     if reduced:
         m.notes.insert(1, f"N = {n} (virtual: 2000; Phoenix would take ~34 s at 2000)")
@@ -682,7 +585,7 @@ def _inflight(impl: str, quick: bool, tb: Timebase, hints: bool) -> Measurement:
     latencies = [plan_provider.plan.latency(x) for x in range(n)]
     ideal = max(sum(latencies) / limit, max(latencies))
     m, report, _ = _rate_single(impl, config, n, conc, ideal, tb)
-    m.notes.insert(1, _waste_note(report))
+    m.notes.insert(1, waste_note(report))
     mean = sum(latencies) / n
     m.notes.append(f"mean latency {mean:.3f} s" if tb.k == 1 else f"mean latency {mean:.5f} s")
     if hints:
@@ -739,7 +642,7 @@ def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
 
     (result, hung), wall, real = _run_clocked(main, tb)
     report = provider.report(tb.minute)
-    notes = [tb.header(real), _waste_note(report)]
+    notes = [tb.header(real), waste_note(report)]
     done_total = 0
     jain = 0.0
     if hung:
@@ -756,8 +659,7 @@ def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
             bad = misaligned(batches[i], outputs, statuses)
             if bad:
                 notes.append(f"MISALIGNED [e{i}] {bad}")
-        squares = sum(x * x for x in throughputs)
-        jain = sum(throughputs) ** 2 / (k * squares) if squares else 0.0
+        jain = jain_fairness(throughputs)
         notes.append(f"Jain fairness {jain:.3f}")
         notes.append("; ".join(per_exec))
     notes += provider_notes(report, conc)
