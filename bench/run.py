@@ -36,7 +36,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py` also works
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.impls import IMPLS, ImplUnavailable, load_module
+from bench.impls import IMPLS, ImplUnavailable, RowSkipped, load_module
 from bench.scenarios import SCENARIOS, SEED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +84,8 @@ def worker(scenario: str, impl: str, quick: bool, out: Path) -> int:
     except ImplUnavailable as exc:
         status = "skipped" if impl == "phoenix" else "error"
         row = Row(scenario, impl, status, notes=[f"{impl} not importable: {exc}"])
+    except RowSkipped as exc:  # the implementation lacks the feature measured
+        row = Row(scenario, impl, "skipped", notes=[str(exc)])
     except Exception as exc:
         tb = traceback.format_exc(limit=-3).strip().splitlines()
         row = Row(scenario, impl, "error", notes=[f"{type(exc).__name__}: {exc}", *tb[-4:]])
