@@ -9,7 +9,8 @@ Run from the repository root:
 
 Each (scenario, implementation) pair runs in its own subprocess with a time limit; a
 pair that exceeds it is reported as a TIMEOUT row. The runner prints one markdown table
-and writes the same rows as JSON to bench/results/latest.json (or `--json PATH`).
+and writes the same rows as JSON to bench/results/latest.json (or `--json PATH`), a
+local file that git ignores.
 See bench/README.md for what each scenario measures and how ideal and efficiency are
 defined.
 """
