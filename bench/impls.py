@@ -4,7 +4,9 @@
 * `phoenix`: `phoenix.evals.executors.AsyncExecutor` / `SyncExecutor` (the reference);
 * `floor`: the least an executor can do. Async: `asyncio.gather` over every input, an
   `asyncio.Semaphore(concurrency)`, an immediate-retry loop and `asyncio.wait_for` when
-  a timeout is given. Sync: a bare `for` loop with the same retry loop.
+  a timeout is given (streamed: the same tasks, read with `asyncio.as_completed`). Sync:
+  a bare `for` loop with the same retry loop; with threads, a bare
+  `concurrent.futures.ThreadPoolExecutor(concurrency).map`.
 
 Every runner returns `(outputs, statuses)` where statuses are the `ExecutionStatus`
 values as strings ("COMPLETED", "COMPLETED WITH RETRIES", "FAILED", "DID NOT RUN").
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -29,16 +33,24 @@ _MODULES = {"evalexec": "evalexec.executors", "phoenix": "phoenix.evals.executor
 AsyncFn = Callable[[Any], Awaitable[Any]]
 SyncFn = Callable[[Any], Any]
 Result = tuple[list[Any], list[str]]
+# One streamed result: (index, output, status).
+Streamed = tuple[int, Any, str]
 
 
 class ImplUnavailable(Exception):
     """The implementation cannot be imported."""
 
 
+class RowSkipped(Exception):
+    """The implementation lacks what the scenario measures; the message says what."""
+
+
 class AsyncRunner(Protocol):
     async def execute(self, inputs: Sequence[Any]) -> Result: ...
 
     def run(self, inputs: Sequence[Any]) -> Result: ...
+
+    def stream(self, inputs: Sequence[Any]) -> AsyncIterator[Streamed]: ...
 
 
 class SyncRunner(Protocol):
@@ -69,6 +81,13 @@ class _WrappedAsync:
     def run(self, inputs: Sequence[Any]) -> Result:
         outputs, details = self.executor.run(inputs)
         return list(outputs), _statuses(details)
+
+    async def stream(self, inputs: Sequence[Any]) -> AsyncIterator[Streamed]:
+        stream = getattr(self.executor, "stream", None)
+        if stream is None:
+            raise RowSkipped(f"n/a: {type(self.executor).__qualname__} has no stream()")
+        async for index, output, details in stream(inputs):
+            yield index, output, str(details.status.value)
 
 
 class _WrappedSync:
@@ -101,6 +120,22 @@ class FloorAsync:
         # The floor never stops early: it has no notion of a run to abort.
         self.exit_on_error = exit_on_error
 
+    async def _attempts(self, item: Any) -> tuple[Any, str]:
+        """One input run to its end: (output, status). Only `stream` uses it: `execute`
+        keeps its own inlined loop, so the floor's figures stay what they were."""
+        fn = self.fn
+        timeout = self.timeout
+        for attempt in range(self.max_retries + 1):
+            try:
+                if timeout is None:
+                    result = await fn(item)
+                else:
+                    result = await asyncio.wait_for(fn(item), timeout)
+            except Exception:
+                continue
+            return result, COMPLETED if attempt == 0 else COMPLETED_WITH_RETRIES
+        return None, FAILED
+
     async def execute(self, inputs: Sequence[Any]) -> Result:
         n = len(inputs)
         outputs: list[Any] = [None] * n
@@ -131,6 +166,24 @@ class FloorAsync:
     def run(self, inputs: Sequence[Any]) -> Result:
         return asyncio.run(self.execute(inputs))
 
+    async def stream(self, inputs: Sequence[Any]) -> AsyncIterator[Streamed]:
+        """A task per input at once (the semaphore bounds the calls), read with
+        `asyncio.as_completed`: results in the order they finish, no bounded window."""
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def one(index: int, item: Any) -> Streamed:
+            async with semaphore:
+                output, status = await self._attempts(item)
+            return index, output, status
+
+        tasks = [asyncio.ensure_future(one(i, x)) for i, x in enumerate(inputs)]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                yield await next_done
+        finally:
+            for task in tasks:
+                task.cancel()
+
 
 class FloorSync:
     """A bare for loop with an immediate-retry loop."""
@@ -157,6 +210,19 @@ class FloorSync:
             else:
                 statuses[index] = FAILED
         return outputs, statuses
+
+
+class FloorThreads:
+    """`concurrent.futures.ThreadPoolExecutor(concurrency).map`, no retries."""
+
+    def __init__(self, fn: SyncFn, *, concurrency: int) -> None:
+        self.fn = fn
+        self.concurrency = concurrency
+
+    def run(self, inputs: Sequence[Any]) -> Result:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            outputs = list(pool.map(self.fn, inputs))
+        return outputs, [COMPLETED] * len(outputs)
 
 
 # The executors' own time constants at their defaults, in seconds.
@@ -224,13 +290,37 @@ def make_async(
     return _WrappedAsync(executor)
 
 
-def make_sync(
-    impl: str, fn: SyncFn, *, max_retries: int = 10, exit_on_error: bool = True
-) -> SyncRunner:
+def sync_concurrency_supported(impl: str) -> bool:
+    """Whether `impl`'s SyncExecutor takes `concurrency=` (runs calls on threads)."""
     if impl == "floor":
+        return True
+    parameters = inspect.signature(load_module(impl).SyncExecutor).parameters
+    return "concurrency" in parameters
+
+
+def make_sync(
+    impl: str,
+    fn: SyncFn,
+    *,
+    max_retries: int = 10,
+    exit_on_error: bool = True,
+    concurrency: int | None = None,
+) -> SyncRunner:
+    """A sync runner of `impl` over `fn`. `concurrency=None` keeps each impl's default
+    (one call at a time); a number is passed as `SyncExecutor(concurrency=...)`, and
+    `RowSkipped` is raised when the executor has no such parameter. The floor is a bare
+    loop, or a thread pool when `concurrency` is above 1."""
+    if impl == "floor":
+        if concurrency is not None and concurrency > 1:
+            return FloorThreads(fn, concurrency=concurrency)
         return FloorSync(fn, max_retries=max_retries, exit_on_error=exit_on_error)
     module = load_module(impl)
+    options: dict[str, Any] = {}
+    if concurrency is not None:
+        if not sync_concurrency_supported(impl):
+            raise RowSkipped(f"{impl}'s SyncExecutor has no concurrency parameter (yet)")
+        options["concurrency"] = concurrency
     executor = module.SyncExecutor(
-        fn, tqdm_bar_format=None, max_retries=max_retries, exit_on_error=exit_on_error
+        fn, tqdm_bar_format=None, max_retries=max_retries, exit_on_error=exit_on_error, **options
     )
     return _WrappedSync(executor)

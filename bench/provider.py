@@ -23,14 +23,17 @@ checks that the limits held.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from bench.errors import TransientProviderError, quota_error, rate_limit_error
+from bench.metrics import dispatched_during_hints, max_in_window, peak_overlap
 
 # Outcomes of a call, as recorded.
 OK = "ok"
@@ -44,71 +47,6 @@ RUNNING = "running"
 PLAN_OK = "ok"
 PLAN_ERROR = "error"
 PLAN_HANG = "hang"
-
-
-class FakeResponse:
-    """The part of an `httpx.Response` that error handlers look at."""
-
-    __slots__ = ("headers", "status_code")
-
-    def __init__(self, status_code: int, headers: dict[str, str] | None = None) -> None:
-        self.status_code = status_code
-        self.headers: dict[str, str] = dict(headers or {})
-
-    def __repr__(self) -> str:
-        return f"<FakeResponse [{self.status_code}]>"
-
-
-class APIStatusError(Exception):
-    """Shaped like `openai.APIStatusError`: message, `status_code`, `response`, `body`."""
-
-    def __init__(self, message: str, *, response: FakeResponse, body: object | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.response = response
-        self.status_code = response.status_code
-        self.body = body
-        error = body.get("error") if isinstance(body, dict) else None
-        self.code: str | None = error.get("code") if isinstance(error, dict) else None
-
-
-class RateLimitError(APIStatusError):
-    """Shaped like `openai.RateLimitError` (HTTP 429). Defined here, imported from nowhere."""
-
-
-class TransientProviderError(Exception):
-    """A plain transient failure (think connection reset or HTTP 500 without a status)."""
-
-
-def _rate_limit_error(retry_after: float | None, exact: bool = False) -> RateLimitError:
-    """A 429. With `exact`, the hint is the precise wait: `retry-after-ms` in milliseconds
-    plus `retry-after` rounded up to whole seconds, as OpenAI sends them."""
-    headers: dict[str, str] = {}
-    if retry_after is not None:
-        if exact:
-            headers["retry-after-ms"] = str(max(1, math.ceil(retry_after * 1000)))
-            headers["retry-after"] = str(max(1, math.ceil(retry_after)))
-        else:
-            headers["retry-after"] = f"{retry_after:g}"
-    body = {"error": {"message": "Rate limit reached", "type": "requests", "code": None}}
-    return RateLimitError(
-        "Error code: 429 - rate limit reached",
-        response=FakeResponse(429, headers),
-        body=body,
-    )
-
-
-def _quota_error() -> RateLimitError:
-    body = {
-        "error": {
-            "message": "You exceeded your current quota, please check your plan.",
-            "type": "insufficient_quota",
-            "code": "insufficient_quota",
-        }
-    }
-    return RateLimitError(
-        "Error code: 429 - insufficient_quota", response=FakeResponse(429), body=body
-    )
 
 
 @dataclass(frozen=True)
@@ -359,13 +297,13 @@ class AsyncProvider(_ProviderBase):
             if cfg.quota_exhausted:
                 await asyncio.sleep(cfg.quota_latency)
                 record.outcome = QUOTA
-                raise _quota_error()
+                raise quota_error()
             admitted, hint = self._admit(record.start)
             if not admitted:
                 await asyncio.sleep(cfg.reject_latency)
                 record.outcome = RATE_LIMITED
                 record.retry_after = hint
-                raise _rate_limit_error(hint, exact=cfg.exact_retry_after)
+                raise rate_limit_error(hint, exact=cfg.exact_retry_after)
             record.accepted = True
             self._accepted_in_flight += 1
             try:
@@ -388,7 +326,10 @@ class AsyncProvider(_ProviderBase):
 
 
 class SyncProvider(_ProviderBase):
-    """The provider for sync generation functions; sleeps with `time.sleep`."""
+    """The provider for sync generation functions; sleeps with `time.sleep`.
+
+    Thread-safe: a threaded executor may call it from several threads at once.
+    """
 
     def __init__(
         self,
@@ -399,6 +340,7 @@ class SyncProvider(_ProviderBase):
         super().__init__(config)
         self._clock = clock
         self._sleep = sleep
+        self._lock = threading.Lock()
 
     def __call__(self, item: Hashable) -> Any:
         return self.call(item)
@@ -413,27 +355,30 @@ class SyncProvider(_ProviderBase):
 
     def call(self, item: Hashable, tag: str = "") -> Any:
         cfg = self.config
-        record = self._begin(item, tag, self._clock())
+        with self._lock:  # calls may come from several threads at once
+            record = self._begin(item, tag, self._clock())
+            admitted, hint = (False, None) if cfg.quota_exhausted else self._admit(record.start)
+            if admitted:
+                record.accepted = True
+                self._accepted_in_flight += 1
         try:
             if cfg.quota_exhausted:
                 self._sleep(cfg.quota_latency)
                 record.outcome = QUOTA
-                raise _quota_error()
-            admitted, hint = self._admit(record.start)
+                raise quota_error()
             if not admitted:
                 self._sleep(cfg.reject_latency)
                 record.outcome = RATE_LIMITED
                 record.retry_after = hint
-                raise _rate_limit_error(hint, exact=cfg.exact_retry_after)
-            record.accepted = True
-            self._accepted_in_flight += 1
+                raise rate_limit_error(hint, exact=cfg.exact_retry_after)
             try:
                 planned = self.plan.outcome(item, record.attempt)
                 if planned == PLAN_HANG:
                     self._sleep(cfg.hang_seconds)
                 self._sleep(self.plan.latency(item))
             finally:
-                self._accepted_in_flight -= 1
+                with self._lock:
+                    self._accepted_in_flight -= 1
             if planned == PLAN_ERROR:
                 record.outcome = ERROR
                 raise TransientProviderError(f"transient failure for {item!r}")
@@ -445,64 +390,6 @@ class SyncProvider(_ProviderBase):
             raise
         finally:
             record.end = self._clock()
-
-
-def _peak_overlap(intervals: Iterable[tuple[float, float]]) -> int:
-    """Largest number of half-open intervals [start, end) that overlap."""
-    events: list[tuple[float, int]] = []
-    for start, end in intervals:
-        events.append((start, 1))
-        events.append((end, -1))
-    events.sort()  # at equal times, ends (-1) sort before starts (+1)
-    peak = current = 0
-    for _, delta in events:
-        current += delta
-        peak = max(peak, current)
-    return peak
-
-
-def _max_in_window(times: list[float], window: float) -> int:
-    """Most events in any half-open window of length `window`."""
-    times = sorted(times)
-    best = 0
-    lo = 0
-    for hi, t in enumerate(times):
-        while t - times[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
-def dispatched_during_hints(records: list[CallRecord]) -> int:
-    """Calls that started strictly inside a retry-after window opened by the same tag.
-
-    A 429 carrying hint h, raised (its record's end) at t0, opens (t0, t0 + h).
-    """
-    by_tag: dict[str, list[CallRecord]] = {}
-    for record in records:
-        by_tag.setdefault(record.tag, []).append(record)
-    count = 0
-    for tag_records in by_tag.values():
-        windows = sorted(
-            (r.end, r.end + r.retry_after)
-            for r in tag_records
-            if r.retry_after is not None and r.end is not None
-        )
-        if not windows:
-            continue
-        # Merge overlapping windows into disjoint open intervals.
-        merged: list[list[float]] = []
-        for lo, hi in windows:
-            if merged and lo < merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
-        starts = [m[0] for m in merged]
-        for record in tag_records:
-            i = bisect.bisect_left(starts, record.start) - 1
-            if i >= 0 and merged[i][0] < record.start < merged[i][1]:
-                count += 1
-    return count
 
 
 def build_report(
@@ -519,8 +406,8 @@ def build_report(
         by_tag.setdefault(record.tag, []).append(span)
     accepted = [span for r, span in zip(records, spans, strict=True) if r.accepted]
     accepted_starts = [r.start for r in records if r.accepted]
-    peak_accepted = _peak_overlap(accepted)
-    per_minute = _max_in_window(accepted_starts, minute)
+    peak_accepted = peak_overlap(accepted)
+    per_minute = max_in_window(accepted_starts, minute)
 
     violations: list[str] = []
     if config.max_in_flight is not None and peak_accepted > config.max_in_flight:
@@ -533,8 +420,8 @@ def build_report(
         calls=len(records),
         wasted=sum(n for outcome, n in outcomes.items() if outcome != OK),
         outcomes=dict(outcomes),
-        peak_in_flight=_peak_overlap(spans),
-        peak_in_flight_by_tag={tag: _peak_overlap(s) for tag, s in by_tag.items()},
+        peak_in_flight=peak_overlap(spans),
+        peak_in_flight_by_tag={tag: peak_overlap(s) for tag, s in by_tag.items()},
         peak_accepted_in_flight=peak_accepted,
         max_accepted_per_minute=per_minute,
         still_running=outcomes.get(RUNNING, 0),

@@ -9,7 +9,8 @@ Run from the repository root:
 
 Each (scenario, implementation) pair runs in its own subprocess with a time limit; a
 pair that exceeds it is reported as a TIMEOUT row. The runner prints one markdown table
-and writes the same rows as JSON to bench/results/latest.json (or `--json PATH`).
+and writes the same rows as JSON to bench/results/latest.json (or `--json PATH`), a
+local file that git ignores.
 See bench/README.md for what each scenario measures and how ideal and efficiency are
 defined.
 """
@@ -36,7 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py` also works
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.impls import IMPLS, ImplUnavailable, load_module
+from bench.impls import IMPLS, ImplUnavailable, RowSkipped, load_module
 from bench.scenarios import SCENARIOS, SEED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +85,8 @@ def worker(scenario: str, impl: str, quick: bool, out: Path) -> int:
     except ImplUnavailable as exc:
         status = "skipped" if impl == "phoenix" else "error"
         row = Row(scenario, impl, status, notes=[f"{impl} not importable: {exc}"])
+    except RowSkipped as exc:  # the implementation lacks the feature measured
+        row = Row(scenario, impl, "skipped", notes=[str(exc)])
     except Exception as exc:
         tb = traceback.format_exc(limit=-3).strip().splitlines()
         row = Row(scenario, impl, "error", notes=[f"{type(exc).__name__}: {exc}", *tb[-4:]])

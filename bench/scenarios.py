@@ -13,28 +13,45 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import heapq
+import importlib
+import itertools
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.impls import (
-    COMPLETED,
-    COMPLETED_WITH_RETRIES,
-    FAILED,
+    DID_NOT_RUN,
+    AsyncRunner,
     FloorAsync,
     FloorSync,
+    Result,
+    RowSkipped,
     compressed_options,
     load_module,
     make_async,
     make_sync,
+    sync_concurrency_supported,
+)
+from bench.metrics import (
+    completed,
+    efficiency,
+    fifo_makespan,
+    jain_fairness,
+    misaligned,
+    provider_notes,
+    quantile,
+    result_notes,
+    waste_note,
 )
 from bench.provider import (
+    OK,
     PLAN_HANG,
     AsyncProvider,
     Latency,
@@ -81,103 +98,6 @@ class Scenario:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def status_counts(statuses: Sequence[str]) -> str:
-    counts = Counter(statuses)
-    short = {
-        COMPLETED: "ok",
-        COMPLETED_WITH_RETRIES: "retried",
-        FAILED: "failed",
-        "DID NOT RUN": "not-run",
-    }
-    return " ".join(f"{short.get(k, k)}={v}" for k, v in sorted(counts.items()))
-
-
-def completed(statuses: Sequence[str]) -> int:
-    return sum(1 for s in statuses if s in (COMPLETED, COMPLETED_WITH_RETRIES))
-
-
-def misaligned(inputs: Sequence[Any], outputs: Sequence[Any], statuses: Sequence[str]) -> int:
-    """Completed inputs whose output is not their own (every fn here returns its input)."""
-    if len(outputs) != len(inputs) or len(statuses) != len(inputs):
-        return len(inputs)
-    return sum(
-        1
-        for x, out, s in zip(inputs, outputs, statuses, strict=True)
-        if s in (COMPLETED, COMPLETED_WITH_RETRIES) and out != x
-    )
-
-
-def result_notes(
-    inputs: Sequence[Any], outputs: Sequence[Any], statuses: Sequence[str]
-) -> list[str]:
-    notes = [status_counts(statuses)]
-    done = completed(statuses)
-    if done < len(inputs):
-        notes.insert(0, f"INCOMPLETE: {done}/{len(inputs)} completed")
-    if len(outputs) != len(inputs) or len(statuses) != len(inputs):
-        notes.append(f"LENGTH MISMATCH outputs={len(outputs)} details={len(statuses)}")
-    bad = misaligned(inputs, outputs, statuses)
-    if bad:
-        notes.append(f"MISALIGNED outputs={bad}")
-    return notes
-
-
-def provider_notes(report: ProviderReport, concurrency: int | None) -> list[str]:
-    notes: list[str] = []
-    if concurrency is not None:
-        for tag, peak in sorted(report.peak_in_flight_by_tag.items()):
-            if peak > concurrency:
-                who = f" [{tag}]" if tag else ""
-                notes.append(f"VIOLATION in-flight{who} {peak} > concurrency {concurrency}")
-    notes.extend(f"VIOLATION {v}" for v in report.limit_violations)
-    if report.still_running:
-        notes.append(f"LEAKED {report.still_running} calls still running after return")
-    return notes
-
-
-def efficiency(ideal: float | None, wall: float, done: int | None = None, n: int = 0) -> float:
-    """ideal / wall, scaled by the fraction of inputs completed when `done` is given."""
-    if not ideal or wall <= 0:
-        return 0.0
-    value = ideal / wall
-    if done is not None and n:
-        value *= done / n
-    return value
-
-
-def fifo_makespan(attempts: Sequence[Sequence[float]], slots: int) -> float:
-    """Makespan of a zero-overhead executor with `slots` workers that takes inputs in
-    order and runs a retry (ready when its failed attempt ends) before any fresh input.
-
-    `attempts[i]` lists the durations of input i's attempts (a timed-out attempt lasts
-    the timeout). Nothing that does not know in advance which calls will fail can do
-    better with in-order dispatch.
-    """
-    free = [0.0] * slots  # heap of times at which a slot becomes free
-    retries: list[tuple[float, int, int]] = []  # heap of (ready time, input, attempt)
-    fresh = 0
-    end = 0.0
-    while True:
-        t = heapq.heappop(free)
-        if retries and retries[0][0] <= t:
-            _, i, k = heapq.heappop(retries)
-            start = t
-        elif fresh < len(attempts):
-            i, k, start = fresh, 0, t
-            fresh += 1
-        elif retries:
-            ready, i, k = heapq.heappop(retries)
-            start = max(t, ready)
-        else:
-            break
-        finish = start + attempts[i][k]
-        end = max(end, finish)
-        if k + 1 < len(attempts[i]):
-            heapq.heappush(retries, (finish, i, k + 1))
-        heapq.heappush(free, finish)
-    return end
 
 
 def interleaved_best(
@@ -471,7 +391,7 @@ def sync429(impl: str, quick: bool) -> Measurement:
     (outputs, statuses), wall = timed(lambda: runner.run(inputs))
     report = provider.report()
     notes = [
-        _waste_note(report),
+        waste_note(report),
         *result_notes(inputs, outputs, statuses),
         f"dispatched during hinted cooldown: {report.dispatched_during_hint}",
         *provider_notes(report, 1),
@@ -485,6 +405,397 @@ def sync429(impl: str, quick: bool) -> Measurement:
         wasted=report.wasted,
         notes=notes,
         extra={"dispatched_during_hint": report.dispatched_during_hint},
+    )
+
+
+# ---------------------------------------------------------------- features: checkpoint, stream
+
+
+def _fixed(lat: float) -> ProviderConfig:
+    return ProviderConfig(latency=Latency.fixed(lat), seed=SEED)
+
+
+@contextmanager
+def _timed_checkpoint_records(durations: list[float]) -> Iterator[bool]:
+    """Time every `Checkpoint.record` call of evalexec (appending seconds to `durations`)
+    while the block runs; yields False when evalexec has no such method to time."""
+    try:
+        cls = importlib.import_module("evalexec._checkpoint").Checkpoint
+        original = cls.record
+    except (ImportError, AttributeError):
+        yield False
+        return
+
+    def record(self: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            durations.append(time.perf_counter() - start)
+
+    cls.record = record
+    try:
+        yield True
+    finally:
+        cls.record = original
+
+
+def checkpoint(impl: str, quick: bool) -> Measurement:
+    """What a checkpoint file costs a latency-bound run.
+
+    evalexec commits one SQLite row per finished input (`Checkpoint.record`: fingerprint,
+    pickle, INSERT, COMMIT in WAL mode) on the event loop's thread, so every commit holds
+    the loop. This times each `record` call (the loop time an input costs) and compares
+    the wall with the same run without a checkpoint, alternating the two in one worker
+    (best of each, every checkpoint run on a fresh file: a reused one would restore every
+    input). A latency-bound loop is mostly idle, so the commits cost wall only as their
+    share of the loop (inputs/s x commit time) approaches 1. The floor has no checkpoint.
+    """
+    n, lat, conc = (300 if quick else 1000), 0.05, 50
+    inputs = list(range(n))
+    ideal = n * lat / conc
+    head = f"{n} x {lat * 1000:g} ms, c={conc}"
+    if impl == "floor":
+        provider = AsyncProvider(_fixed(lat))
+        runner = make_async(impl, provider.client(""), concurrency=conc, exit_on_error=False)
+        (outputs, statuses), wall = timed(lambda: runner.run(inputs))
+        report = provider.report()
+        return Measurement(
+            wall=wall,
+            ideal=ideal,
+            efficiency=efficiency(ideal, wall, completed(statuses), n),
+            incomplete=completed(statuses) < n,
+            calls=report.calls,
+            wasted=report.wasted,
+            notes=[
+                f"{head}, no checkpoint",
+                *result_notes(inputs, outputs, statuses),
+                *provider_notes(report, conc),
+            ],
+        )
+
+    commits: list[float] = []
+    last: dict[bool, tuple[list[Any], list[str], ProviderReport]] = {}
+    counter = itertools.count()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-checkpoint-") as tmp,
+        _timed_checkpoint_records(commits) as timing,
+    ):
+
+        def one(with_checkpoint: bool) -> float:
+            provider = AsyncProvider(_fixed(lat))
+            options: dict[str, Any] = {}
+            if with_checkpoint:
+                options["checkpoint"] = Path(tmp) / f"run{next(counter)}.sqlite"
+            runner = make_async(
+                impl, provider.client(""), concurrency=conc, exit_on_error=False, options=options
+            )
+            (outputs, statuses), wall = timed(lambda: runner.run(inputs))
+            last[with_checkpoint] = (outputs, statuses, provider.report())
+            return wall
+
+        best, rounds = interleaved_best(
+            {"checkpoint": lambda: one(True), "plain": lambda: one(False)}, reps=3, budget=8.0
+        )
+    wall, plain = best["checkpoint"], best["plain"]
+    outputs, statuses, report = last[True]
+    notes = [f"{head}, checkpoint in a temp dir; best of {rounds}, alternating"]
+    extra: dict[str, Any] = {"plain_wall": plain, "paired_with_floor": False}
+    notes.append(
+        f"without checkpoint {plain:.3f} s: checkpoint {100 * (wall / plain - 1):+.1f}% wall,"
+        f" {(wall - plain) / n * 1e6:+.0f} µs wall per input"
+    )
+    if timing and commits:
+        per_run = len(commits) / rounds
+        mean = sum(commits) / len(commits)
+        busy = sum(commits) / rounds / wall
+        notes.append(
+            f"record() holds the loop {mean * 1e6:.0f} µs per input (median"
+            f" {quantile(commits, 0.5) * 1e6:.0f}, p99 {quantile(commits, 0.99) * 1e6:.0f};"
+            f" {per_run:.0f} per run), {100 * busy:.1f}% of the wall"
+        )
+        extra.update(commit_us_mean=mean * 1e6, commit_us_p99=quantile(commits, 0.99) * 1e6)
+    elif not timing:
+        notes.append("evalexec._checkpoint.Checkpoint.record not found: commits not timed")
+    notes += result_notes(inputs, outputs, statuses)
+    notes += provider_notes(report, conc)
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra=extra,
+    )
+
+
+async def _consume(
+    runner: AsyncRunner, inputs: Sequence[Any], read: float = 0.0
+) -> tuple[list[Any], list[str], int, float]:
+    """Read `runner.stream(inputs)` to its end, sleeping `read` seconds per result (a slow
+    reader): (outputs, statuses, results yielded, seconds until the first result)."""
+    outputs: list[Any] = [None] * len(inputs)
+    statuses: list[str] = [DID_NOT_RUN] * len(inputs)
+    yielded = 0
+    first = 0.0
+    start = time.perf_counter()
+    async for index, output, status in runner.stream(inputs):
+        if not yielded:
+            first = time.perf_counter() - start
+        yielded += 1
+        outputs[index], statuses[index] = output, status
+        if read:
+            await asyncio.sleep(read)
+    return outputs, statuses, yielded, first
+
+
+def _stream_notes(n: int, yielded: int, first: float) -> list[str]:
+    notes = [f"first result after {first * 1000:.0f} ms"]
+    if yielded != n:
+        notes.append(f"YIELDED {yielded} results for {n} inputs")
+    return notes
+
+
+def stream(impl: str, quick: bool) -> Measurement:
+    """The `latency` work read with `async for ... in executor.stream(inputs)` instead of
+    `await executor.execute(inputs)`, alternating the two in one worker (best of each).
+    evalexec's stream keeps a bounded window of inputs in play and hands each result over
+    through a queue; the floor's is one task per input read with `asyncio.as_completed`."""
+    n, lat, conc = (300 if quick else 1000), 0.05, 50
+    inputs = list(range(n))
+    ideal = n * lat / conc
+    last: dict[str, Any] = {}
+
+    def one(how: str) -> float:
+        provider = AsyncProvider(_fixed(lat))
+        runner = make_async(impl, provider.client(""), concurrency=conc, exit_on_error=False)
+        if how == "stream":
+            result, wall = timed(lambda: asyncio.run(_consume(runner, inputs)))
+        else:
+            result, wall = timed(lambda: asyncio.run(runner.execute(inputs)))
+        last[how] = (result, provider.report())
+        return wall
+
+    best, rounds = interleaved_best(
+        {"stream": lambda: one("stream"), "execute": lambda: one("execute")}, reps=3, budget=8.0
+    )
+    wall, execute_wall = best["stream"], best["execute"]
+    (outputs, statuses, yielded, first), report = last["stream"]
+    notes = [
+        f"{n} x {lat * 1000:g} ms, c={conc}; best of {rounds}, alternating with execute()",
+        f"execute() {execute_wall:.3f} s: stream {100 * (wall / execute_wall - 1):+.1f}% wall",
+        *_stream_notes(n, yielded, first),
+        *result_notes(inputs, outputs, statuses),
+        *provider_notes(report, conc),
+    ]
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra={"execute_wall": execute_wall, "first_result": first},
+    )
+
+
+def stream_slow(impl: str, quick: bool) -> Measurement:
+    """`stream()` read by a slow reader (`await asyncio.sleep(2 ms)` per result): the
+    reader, not the provider, sets the pace. Ideal: the reader's own time over n results
+    (measured alone in this worker) after the first result's latency, or the provider's
+    N x latency / concurrency if that is longer. evalexec stops drawing inputs while its
+    window (4 x concurrency) is full of unread results; the floor runs ahead unbounded."""
+    n, lat, conc, read = (200 if quick else 500), 0.05, 50, 0.002
+
+    async def reader_alone() -> None:
+        for _ in range(n):
+            await asyncio.sleep(read)
+
+    alone = min(timed(lambda: asyncio.run(reader_alone()))[1] for _ in range(2))
+    ideal = max(n * lat / conc, lat + alone)
+    inputs = list(range(n))
+    provider = AsyncProvider(_fixed(lat))
+    runner = make_async(impl, provider.client(""), concurrency=conc, exit_on_error=False)
+    (outputs, statuses, yielded, first), wall = timed(
+        lambda: asyncio.run(_consume(runner, inputs, read))
+    )
+    report = provider.report()
+    notes = [
+        f"{n} x {lat * 1000:g} ms, c={conc}, reader sleeps {read * 1000:g} ms per result",
+        f"reader alone {alone:.3f} s; ideal = latency + reader",
+        *_stream_notes(n, yielded, first),
+        f"peak in-flight {report.peak_in_flight}",
+        *result_notes(inputs, outputs, statuses),
+        *provider_notes(report, conc),
+    ]
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra={"reader_alone": alone, "first_result": first},
+    )
+
+
+# ---------------------------------------------------------------- threads and notebooks
+#
+# Real time and real threads: the generation functions block in `time.sleep`.
+
+SYNC_THREADS = 20
+
+
+def _sync_latency_run(
+    impl: str, n: int, lat: float, conc: int, concurrency: int | None
+) -> Measurement:
+    """`n` blocking calls of `lat` seconds through `impl`'s sync runner; ideal n x lat / conc."""
+    provider = SyncProvider(_fixed(lat))
+    inputs = list(range(n))
+    runner = make_sync(impl, provider.client(""), exit_on_error=False, concurrency=concurrency)
+    (outputs, statuses), wall = timed(lambda: runner.run(inputs))
+    report = provider.report()
+    ideal = n * lat / conc
+    per_input = wall / n
+    at_threads = lat / SYNC_THREADS * 1000
+    threads = "" if conc == SYNC_THREADS else f"; {at_threads:.2f} at c={SYNC_THREADS}"
+    if impl == "floor":
+        how = "for loop" if conc == 1 else f"ThreadPoolExecutor({conc}).map"
+    else:
+        how = "SyncExecutor" + ("" if concurrency is None else f"(concurrency={concurrency})")
+    notes = [
+        f"{n} x {lat * 1000:g} ms time.sleep, {how}",
+        f"{per_input * 1000:.2f} ms per input (ideal {lat / conc * 1000:.2f}{threads})",
+        *result_notes(inputs, outputs, statuses),
+        f"peak in-flight {report.peak_in_flight}",
+        *provider_notes(report, conc),
+    ]
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra={"ms_per_input": per_input * 1000, "n": n},
+    )
+
+
+def sync_threads(impl: str, quick: bool) -> Measurement:
+    """`SyncExecutor(concurrency=20)`: 20 blocking calls at once on worker threads, against
+    a bare `ThreadPoolExecutor(20).map`. Skipped while SyncExecutor has no `concurrency`."""
+    if impl != "floor" and not sync_concurrency_supported(impl):
+        raise RowSkipped(
+            f"{impl}'s SyncExecutor has no concurrency parameter yet (inspect.signature);"
+            " sequential figures: sync-threads-c1"
+        )
+    n = 100 if quick else 200
+    return _sync_latency_run(impl, n, 0.05, SYNC_THREADS, SYNC_THREADS)
+
+
+def sync_threads_c1(impl: str, quick: bool) -> Measurement:
+    """The `sync-threads` calls one at a time, on fewer inputs (20) to keep the row at 1 s:
+    per-input time is the comparable figure. evalexec passes `concurrency=1` when it has
+    the parameter; the floor is a bare for loop."""
+    n = 10 if quick else 20
+    concurrency = 1 if impl == "evalexec" and sync_concurrency_supported(impl) else None
+    return _sync_latency_run(impl, n, 0.05, 1, concurrency)
+
+
+def notebook_factory(impl: str, quick: bool) -> Measurement:
+    """What a notebook user gets from `get_executor_on_sync_context`.
+
+    Inside a running event loop not patched by nest_asyncio (a notebook cell; here the
+    measurement runs inside `asyncio.run`), the factory picks an executor and `.run()`
+    blocks the loop; measured against `await AsyncExecutor(async_fn, concurrency=20)
+    .execute(rows)` in the same loop. 100 rows of 50 ms: `sync_fn` sleeps with
+    `time.sleep`, `async_fn` with `asyncio.sleep`. The floor awaits its gather.
+    """
+    n, lat, conc = (40 if quick else 100), 0.05, 20
+    inputs = list(range(n))
+    ideal = n * lat / conc
+    head = f"{n} x {lat * 1000:g} ms, c={conc}, inside asyncio.run (no nest_asyncio)"
+
+    if impl == "floor":
+        provider = AsyncProvider(_fixed(lat))
+        floor = FloorAsync(
+            provider.client(""), concurrency=conc, max_retries=10, timeout=None, exit_on_error=True
+        )
+
+        async def floor_main() -> tuple[Result, float]:
+            start = time.perf_counter()
+            result = await floor.execute(inputs)
+            return result, time.perf_counter() - start
+
+        (outputs, statuses), wall = asyncio.run(floor_main())
+        report = provider.report()
+        return Measurement(
+            wall=wall,
+            ideal=ideal,
+            efficiency=efficiency(ideal, wall, completed(statuses), n),
+            incomplete=completed(statuses) < n,
+            calls=report.calls,
+            wasted=report.wasted,
+            notes=[f"{head}; awaited gather", *result_notes(inputs, outputs, statuses)],
+        )
+
+    module = load_module(impl)
+    sync_provider = SyncProvider(_fixed(lat))
+    async_provider = AsyncProvider(_fixed(lat))
+
+    async def main() -> dict[str, Any]:
+        if getattr(asyncio, "_nest_patched", False):
+            raise RuntimeError("nest_asyncio is applied: this is not the notebook case")
+        executor = module.get_executor_on_sync_context(
+            sync_provider.client(""), async_provider.client("factory"), concurrency=conc
+        )
+        start = time.perf_counter()
+        factory_result = executor.run(inputs)
+        factory_wall = time.perf_counter() - start
+        start = time.perf_counter()
+        direct = await module.AsyncExecutor(
+            async_provider.client("direct"), concurrency=conc
+        ).execute(inputs)
+        direct_wall = time.perf_counter() - start
+        return {
+            "chosen": type(executor).__name__,
+            "factory": factory_result,
+            "factory_wall": factory_wall,
+            "direct": direct,
+            "direct_wall": direct_wall,
+        }
+
+    got = asyncio.run(main())
+    outputs, details = got["factory"]
+    statuses = [str(d.status.value) for d in details]
+    direct_statuses = [str(d.status.value) for d in got["direct"][1]]
+    wall, direct_wall = got["factory_wall"], got["direct_wall"]
+    ratio = wall / direct_wall
+    # The factory's calls: on the sync provider, or on the async one under its tag.
+    sync_report = sync_provider.report()
+    factory_async = [r for r in async_provider.records if r.tag == "factory"]
+    notes = [
+        head,
+        f"factory chose {got['chosen']}: run() {wall:.3f} s; await AsyncExecutor(c={conc})"
+        f".execute() {direct_wall:.3f} s; factory / execute = {ratio:.1f}x",
+        *result_notes(inputs, list(outputs), statuses),
+    ]
+    if completed(direct_statuses) < n:
+        notes.append(f"execute() INCOMPLETE: {completed(direct_statuses)}/{n}")
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, completed(statuses), n),
+        incomplete=completed(statuses) < n,
+        calls=sync_report.calls + len(factory_async),
+        wasted=sync_report.wasted + sum(1 for r in factory_async if r.outcome != OK),
+        notes=notes,
+        extra={"chosen": got["chosen"], "execute_wall": direct_wall, "factory_over_execute": ratio},
     )
 
 
@@ -635,11 +946,6 @@ def _rate_single(
     return measurement, report, statuses
 
 
-def _waste_note(report: ProviderReport) -> str:
-    share = 100.0 * report.wasted / report.calls if report.calls else 0.0
-    return f"wasted {share:.1f}% of calls ({report.summary()})"
-
-
 def _per_minute_note(report: ProviderReport, tb: Timebase) -> str:
     if tb.k == 1:
         return f"peak accepted/min {report.max_accepted_per_minute}"
@@ -663,7 +969,7 @@ def rpm500(impl: str, quick: bool, tb: Timebase) -> Measurement:
     assert config.requests_per_minute is not None
     ideal = n / (config.requests_per_minute / 60.0)
     m, report, _ = _rate_single(impl, config, n, conc, ideal, tb)
-    m.notes.insert(1, _waste_note(report))
+    m.notes.insert(1, waste_note(report))
     m.notes.append(_per_minute_note(report, tb))
     if reduced:
         m.notes.insert(1, f"N = {n} (virtual: 2000; Phoenix would take ~34 s at 2000)")
@@ -682,7 +988,7 @@ def _inflight(impl: str, quick: bool, tb: Timebase, hints: bool) -> Measurement:
     latencies = [plan_provider.plan.latency(x) for x in range(n)]
     ideal = max(sum(latencies) / limit, max(latencies))
     m, report, _ = _rate_single(impl, config, n, conc, ideal, tb)
-    m.notes.insert(1, _waste_note(report))
+    m.notes.insert(1, waste_note(report))
     mean = sum(latencies) / n
     m.notes.append(f"mean latency {mean:.3f} s" if tb.k == 1 else f"mean latency {mean:.5f} s")
     if hints:
@@ -739,7 +1045,7 @@ def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
 
     (result, hung), wall, real = _run_clocked(main, tb)
     report = provider.report(tb.minute)
-    notes = [tb.header(real), _waste_note(report)]
+    notes = [tb.header(real), waste_note(report)]
     done_total = 0
     jain = 0.0
     if hung:
@@ -756,8 +1062,7 @@ def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
             bad = misaligned(batches[i], outputs, statuses)
             if bad:
                 notes.append(f"MISALIGNED [e{i}] {bad}")
-        squares = sum(x * x for x in throughputs)
-        jain = sum(throughputs) ** 2 / (k * squares) if squares else 0.0
+        jain = jain_fairness(throughputs)
         notes.append(f"Jain fairness {jain:.3f}")
         notes.append("; ".join(per_exec))
     notes += provider_notes(report, conc)
@@ -826,6 +1131,40 @@ SCENARIOS: dict[str, Scenario] = {
             "sync429",
             sync429,
             "SyncExecutor, 200 x 10 ms, 3000 req/min provider, 429s with exact retry-after",
+        ),
+        Scenario(
+            "checkpoint",
+            checkpoint,
+            "1000 x 50 ms, c=50, checkpoint file vs none; record() time per input",
+            skip={"phoenix": "n/a: Phoenix's executors have no checkpoint="},
+        ),
+        Scenario(
+            "stream",
+            stream,
+            "1000 x 50 ms, c=50, read with async for ... in stream() vs execute()",
+            skip={"phoenix": "n/a: Phoenix's AsyncExecutor has no stream()"},
+        ),
+        Scenario(
+            "stream-slow",
+            stream_slow,
+            "500 x 50 ms, c=50, stream() read by a reader that sleeps 2 ms per result",
+            skip={"phoenix": "n/a: Phoenix's AsyncExecutor has no stream()"},
+        ),
+        Scenario(
+            "sync-threads",
+            sync_threads,
+            "SyncExecutor(concurrency=20), 200 x 50 ms time.sleep; floor: ThreadPoolExecutor",
+            skip={"phoenix": "n/a: Phoenix's SyncExecutor has no threads (see sync-threads-c1)"},
+        ),
+        Scenario(
+            "sync-threads-c1",
+            sync_threads_c1,
+            "SyncExecutor one call at a time, 20 x 50 ms time.sleep; floor: for loop",
+        ),
+        Scenario(
+            "notebook-factory",
+            notebook_factory,
+            "get_executor_on_sync_context(...).run() in a running loop vs await execute()",
         ),
         *_timed_pair("rpm500", rpm500, "500 req/min provider, 2000 x ~1.7 s, c=20"),
         *_timed_pair(
