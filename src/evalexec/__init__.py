@@ -4,7 +4,7 @@ Swap ``from phoenix.evals.executors import AsyncExecutor`` for
 ``from evalexec.executors import AsyncExecutor`` and keep everything else.
 """
 
-from evalexec._checkpoint import CheckpointError, RecordedError
+from evalexec._checkpoint import Checkpoint, CheckpointError, RecordedError
 from evalexec._engine import IncompleteRunError
 from evalexec._retry import Backoff
 from evalexec.exceptions import (
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncExecutor",
     "Backoff",
+    "Checkpoint",
     "CheckpointError",
     "ConcurrencyController",
     "ErrorKind",
