@@ -682,14 +682,21 @@ def test_the_bar_is_closed_when_the_run_raises(bars: type[FakeBar]) -> None:
     assert (bar.updates, bar.closed) == (0, 1)
 
 
-def test_leaving_a_stream_early_restores_the_handler() -> None:
+def test_a_stream_holds_the_handler_only_while_it_runs_not_while_the_reader_does() -> None:
+    """A stream left open (or dropped unclosed) must not keep evalexec's handler."""
     before = signal.getsignal(signal.SIGUSR1)
-    time = FakeTime()
-    sync = executor(TimedFake(time), time, termination_signal=signal.SIGUSR1)
-    for index, _, _ in sync.stream(["a", "b", "c"]):
-        assert signal.getsignal(signal.SIGUSR1) is not before
+    seen: list[object] = []
+
+    def gen(item: str) -> str:
+        seen.append(signal.getsignal(signal.SIGUSR1))
+        return item
+
+    stream = SyncExecutor(gen, termination_signal=signal.SIGUSR1).stream(["a", "b", "c"])
+    for index, _, _ in stream:
+        assert signal.getsignal(signal.SIGUSR1) is before  # the reader's code runs now
         assert index == 0
         break
+    assert seen[0] is not before  # the call ran under evalexec's handler
     assert signal.getsignal(signal.SIGUSR1) is before
 
 

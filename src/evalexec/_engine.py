@@ -33,7 +33,7 @@ from evalexec._retry import Backoff, decide
 from evalexec._signals import termination_handler
 from evalexec.exceptions import ErrorKind
 
-__all__ = ["IncompleteRunError", "OnFinal", "Run", "RunConfig", "drive"]
+__all__ = ["IncompleteRunError", "OnFinal", "Run", "RunConfig", "drive", "raise_for"]
 
 OnFinal = Callable[[int, Any, ExecutionDetails], None]
 
@@ -545,6 +545,16 @@ async def drive(
         started(run)
     await run.drive(inputs, install_handler)
     return run
+
+
+def raise_for(run: Run, outputs: list[Any], details: list[ExecutionDetails]) -> None:
+    """Raise what stopped `run`, if it was an error; with the outputs when they matter."""
+    error = run.error
+    if error is None:
+        return
+    if run.error_is_partial:
+        raise IncompleteRunError(error, outputs, details) from error
+    raise error
 
 
 def _not_awaitable(fn: Callable[..., Any], result: object) -> TypeError:

@@ -12,42 +12,33 @@ for ``phoenix.evals.executors``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
-import dataclasses
-import inspect
 import logging
-import math
 import os
-import queue
 import signal
-import sys
 import threading
 import time
-from collections.abc import (
-    AsyncGenerator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Generator,
-    Iterable,
-    Sized,
-)
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable
 from functools import partial
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, Protocol
 
-from evalexec import _messages as say
-from evalexec._checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from evalexec._checkpoint import Checkpoint
+from evalexec._checks import (
+    check_callable,
+    check_int,
+    deadline_seconds,
+    sized_len,
+    stream_len,
+    timeout_seconds,
+)
 from evalexec._controller import ConcurrencyController, ControllerLike, adaptive_controller
 from evalexec._details import ExecutionDetails, ExecutionStatus, Unset
 from evalexec._details import _unset as _unset
-from evalexec._engine import WINDOW_PER_WORKER, IncompleteRunError, OnFinal, Run, RunConfig, drive
-from evalexec._messages import StopReason
-from evalexec._progress import Progress
-from evalexec._retry import Backoff, decide
-from evalexec._signals import handler_restored, termination_handler
-from evalexec._threads import ThreadCalls
-from evalexec.exceptions import NestedRunError
+from evalexec._engine import WINDOW_PER_WORKER, Run, RunConfig, drive, raise_for
+from evalexec._loops import refuse_nested_loop, run_on_new_loop, running_loop_exists
+from evalexec._retry import Backoff
+from evalexec._sequential import Sequential, refuse_awaitable
+from evalexec._signals import termination_handler
+from evalexec._threads import RunHandle, drive_on_thread, stream_on_thread
 
 __all__ = [
     "AsyncExecutor",
@@ -62,105 +53,11 @@ __all__ = [
 
 logger = logging.getLogger("evalexec")
 
-_T = TypeVar("_T")
-_DEFAULT_TIMEOUT_SECONDS = 60  # Phoenix's default per-attempt timeout
 _DEFAULT_BACKOFF = Backoff()
-_ABORT_GRACE_SECONDS = 0.2  # on a second Ctrl-C, how long tasks get to end before we go
 
 
 class Executor(Protocol):
     def run(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]: ...
-
-
-# --------------------------------------------------------------------------------------
-# Argument checks shared by both executors
-
-
-def _check_callable(generation_fn: object) -> None:
-    if not callable(generation_fn):
-        raise TypeError(f"generation_fn must be callable, got {type(generation_fn).__name__}")
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_seconds(name: str, value: object, *, allow_inf: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
-    if math.isnan(value) or value <= 0 or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{name} must be > 0 seconds, got {value}")
-    return float(value)
-
-
-def _sized_len(inputs: object) -> int:
-    """The number of inputs, or a TypeError that says what inputs must be."""
-    _refuse_dataframe(inputs)
-    if inputs is None or isinstance(inputs, str | bytes | bytearray):
-        what = "None" if inputs is None else f"a {type(inputs).__name__}"
-        raise TypeError(
-            f"inputs must be a sequence of inputs (a list, a tuple, or any sized iterable), "
-            f"got {what}; to run a single input, wrap it in a list: [input]"
-        )
-    if not isinstance(inputs, Iterable):
-        raise TypeError(
-            f"inputs must be a sequence or sized iterable, got {type(inputs).__name__}, "
-            "which is not iterable"
-        )
-    try:
-        return len(inputs)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"inputs must have a length (a list, a tuple, or any sized iterable), got "
-            f"{type(inputs).__name__}; for a generator, use the executor's stream() method "
-            "or pass list(inputs)"
-        ) from None
-
-
-def _stream_len(inputs: object) -> int | None:
-    """The number of inputs of a stream, or None for an iterable of unknown length."""
-    _refuse_dataframe(inputs)
-    if isinstance(inputs, Iterable) and not isinstance(inputs, str | bytes | bytearray):
-        return len(inputs) if isinstance(inputs, Sized) else None
-    return _sized_len(inputs)  # raises the same clear error as execute()
-
-
-def _refuse_dataframe(inputs: object) -> None:
-    """A DataFrame iterates over its column names, which is never what was meant."""
-    cls = type(inputs)
-    if cls.__module__.partition(".")[0] == "pandas" and cls.__name__ == "DataFrame":
-        raise TypeError(
-            "inputs is a pandas DataFrame, whose iteration yields its column names, not "
-            'its rows; pass `df.to_dict("records")` (one dict per row), or use '
-            "Phoenix's own evaluate_dataframe (with `evalexec.phoenix.install()`)"
-        )
-
-
-def _refuse_nested_loop(what: str, instead: str) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    if not getattr(asyncio, "_nest_patched", False):
-        raise NestedRunError(
-            f"{what} cannot be called from inside a running event loop; use "
-            f"`{instead}` there, or apply nest_asyncio first "
-            "(`import nest_asyncio; nest_asyncio.apply()`)"
-        )
-
-
-def _timeout_seconds(timeout: object) -> float:
-    if timeout is None:
-        return _DEFAULT_TIMEOUT_SECONDS
-    return _check_seconds("timeout", timeout, allow_inf=True)
-
-
-def _deadline_seconds(deadline: object) -> float | None:
-    return None if deadline is None else _check_seconds("deadline", deadline, allow_inf=False)
 
 
 def _controller_for(
@@ -176,7 +73,7 @@ def _controller_for(
         return None
     initial = concurrency
     if initial_target is not None:
-        initial = _check_int("dynamic_initial_target", initial_target, 1)
+        initial = check_int("dynamic_initial_target", initial_target, 1)
     return adaptive_controller(
         concurrency,
         initial,
@@ -185,49 +82,6 @@ def _controller_for(
         decrease_ratio,
         inactive_check_interval,
     )
-
-
-def _run_on_new_loop(main: Coroutine[Any, Any, _T], signum: signal.Signals | None) -> _T:
-    """Run `main` on a new event loop in this thread, like `asyncio.run`, except:
-
-    - A termination signal that lands after the run's own handler is gone (its results
-      are safe) but before this returns is swallowed: finished work is never lost.
-    - On a second Ctrl-C, the tasks still running get a moment to end and are then
-      abandoned: the abort never waits for a cleanup that will not finish.
-    """
-    loop = asyncio.new_event_loop()
-    try:
-        with handler_restored(signum), termination_handler(signum, _results_are_safe):
-            task = loop.create_task(main)
-            try:
-                result = loop.run_until_complete(task)
-            except BaseException:
-                _cancel_all(loop, grace=_ABORT_GRACE_SECONDS)
-                raise
-            _cancel_all(loop, grace=None)
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            return result
-    finally:
-        loop.close()
-
-
-def _results_are_safe(announce: bool) -> bool:
-    return False  # the run has its results; a first Ctrl-C now changes nothing
-
-
-def _cancel_all(loop: asyncio.AbstractEventLoop, grace: float | None) -> None:
-    tasks = asyncio.all_tasks(loop)
-    if not tasks:
-        return
-    for task in tasks:
-        task.cancel()
-    loop.run_until_complete(asyncio.wait(tasks, timeout=grace))
-    for task in tasks:
-        if not task.done():
-            task._log_destroy_pending = False  # type: ignore[attr-defined]  # abandoned on purpose
-        elif not task.cancelled():
-            task.exception()  # retrieved: no "exception was never retrieved" later
 
 
 # --------------------------------------------------------------------------------------
@@ -283,18 +137,18 @@ class AsyncExecutor:
         deadline: float | None = None,
         checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
     ) -> None:
-        _check_callable(generation_fn)
+        check_callable(generation_fn)
         self.generate = generation_fn
         self.checkpoint = None if checkpoint is None else Checkpoint.coerce(checkpoint)
-        self.concurrency = _check_int("concurrency", concurrency, 1)
+        self.concurrency = check_int("concurrency", concurrency, 1)
         self.tqdm_bar_format = tqdm_bar_format
-        self.max_retries = _check_int("max_retries", max_retries, 0)
+        self.max_retries = check_int("max_retries", max_retries, 0)
         self.exit_on_error = exit_on_error
         self.fallback_return_value = fallback_return_value
         self.termination_signal = termination_signal
-        self.timeout: float = _timeout_seconds(timeout)
+        self.timeout: float = timeout_seconds(timeout)
         self.backoff = backoff
-        self.deadline = _deadline_seconds(deadline)
+        self.deadline = deadline_seconds(deadline)
         self._concurrency_controller: Any = _controller_for(
             enable_dynamic_concurrency,
             self.concurrency,
@@ -308,13 +162,13 @@ class AsyncExecutor:
     # -- public API ---------------------------------------------------------------------
     def run(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]:
         """Run every input to a final status and return ``(outputs, details)``."""
-        _sized_len(inputs)
-        _refuse_nested_loop(f"{type(self).__name__}.run()", "await executor.execute(inputs)")
-        return _run_on_new_loop(self.execute(inputs), self.termination_signal)
+        sized_len(inputs)
+        refuse_nested_loop(f"{type(self).__name__}.run()", "await executor.execute(inputs)")
+        return run_on_new_loop(self.execute(inputs), self.termination_signal)
 
     async def execute(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]:
         """Like `run`, from a coroutine: ``outputs, details = await executor.execute(inputs)``."""
-        total = _sized_len(inputs)
+        total = sized_len(inputs)
         outputs = [self.fallback_return_value] * total
         details = [ExecutionDetails() for _ in range(total)]
 
@@ -322,7 +176,7 @@ class AsyncExecutor:
             outputs[index] = output
 
         run = await drive(self._config(), inputs, total, details, keep)
-        _raise_for(run, outputs, details)
+        raise_for(run, outputs, details)
         return outputs, details
 
     async def stream(
@@ -337,7 +191,7 @@ class AsyncExecutor:
         ``aclose()`` (or use ``contextlib.aclosing``) to wait for the in-flight calls to
         be cancelled.
         """
-        total = _stream_len(inputs)
+        total = stream_len(inputs)
         results: asyncio.Queue[tuple[int, Any, ExecutionDetails] | None] = asyncio.Queue()
         # A slow reader holds the window: results not yet taken count as in play.
         room = asyncio.Semaphore(WINDOW_PER_WORKER * self.concurrency)
@@ -346,7 +200,7 @@ class AsyncExecutor:
         def emit(index: int, output: Any, details: ExecutionDetails) -> None:
             results.put_nowait((index, output, details))
 
-        remote = _Remote()
+        remote = RunHandle()
 
         async def drive_stream() -> None:
             try:
@@ -410,22 +264,8 @@ class AsyncExecutor:
         )
 
 
-def _raise_for(run: Run, outputs: list[Any], details: list[ExecutionDetails]) -> None:
-    """Raise what stopped `run`, if it was an error; with the outputs when they matter."""
-    error = run.error
-    if error is None:
-        return
-    if run.error_is_partial:
-        raise IncompleteRunError(error, outputs, details) from error
-    raise error
-
-
 # --------------------------------------------------------------------------------------
 # SyncExecutor
-
-
-class _Interrupted(BaseException):
-    """Raised inside an in-flight call by the first termination signal of a sync run."""
 
 
 class SyncExecutor:
@@ -469,21 +309,21 @@ class SyncExecutor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        _check_callable(generation_fn)
+        check_callable(generation_fn)
         self.generate = generation_fn
         self.checkpoint = None if checkpoint is None else Checkpoint.coerce(checkpoint)
-        self.concurrency = _check_int("concurrency", concurrency, 1)
+        self.concurrency = check_int("concurrency", concurrency, 1)
         self.tqdm_bar_format = tqdm_bar_format
-        self.max_retries = _check_int("max_retries", max_retries, 0)
+        self.max_retries = check_int("max_retries", max_retries, 0)
         self.exit_on_error = exit_on_error
         self.fallback_return_value = fallback_return_value
         self.termination_signal = termination_signal
         # Threads: for concurrency, or to abandon a call that overruns its timeout
         # (a call in the calling thread cannot be abandoned).
         self.threaded = self.concurrency > 1 or timeout is not None
-        self.timeout: float = _timeout_seconds(timeout)
+        self.timeout: float = timeout_seconds(timeout)
         self.backoff = backoff
-        self.deadline = _deadline_seconds(deadline)
+        self.deadline = deadline_seconds(deadline)
         self._clock = clock
         self._sleep = sleep
         self._concurrency_controller: Any = _controller_for(
@@ -498,7 +338,7 @@ class SyncExecutor:
 
     def run(self, inputs: Any) -> tuple[list[Any], list[ExecutionDetails]]:
         """Run every input to a final status and return ``(outputs, details)``."""
-        total = _sized_len(inputs)
+        total = sized_len(inputs)
         outputs = [self.fallback_return_value] * total
         details = [ExecutionDetails() for _ in range(total)]
         if self.threaded:
@@ -506,10 +346,11 @@ class SyncExecutor:
             def keep(index: int, output: Any, _details: ExecutionDetails) -> None:
                 outputs[index] = output
 
-            run = _drive_on_thread(self, inputs, total, details, keep, None)
-            _raise_for(run, outputs, details)
+            run = drive_on_thread(self._config(), inputs, total, details, keep)
+            raise_for(run, outputs, details)
         else:
-            for _ in _Sequential(self).steps(inputs, total, details, outputs, stream=False):
+            sequential = Sequential(self._config(), self._clock, self._sleep)
+            for _ in sequential.steps(inputs, total, details, outputs, stream=False):
                 pass
         return outputs, details
 
@@ -517,11 +358,12 @@ class SyncExecutor:
         self, inputs: Iterable[Any]
     ) -> Generator[tuple[int, Any, ExecutionDetails], None, None]:
         """Yield ``(index, output, details)`` for each input as soon as it is final."""
-        total = _stream_len(inputs)
+        total = stream_len(inputs)
         if self.threaded:
-            yield from _stream_on_thread(self, inputs, total)
+            yield from stream_on_thread(self._config(), inputs, total)
         else:
-            yield from _Sequential(self).steps(inputs, total, None, None, stream=True)
+            sequential = Sequential(self._config(), self._clock, self._sleep)
+            yield from sequential.steps(inputs, total, None, None, stream=True)
 
     def _config(self) -> RunConfig:
         return RunConfig(
@@ -538,385 +380,8 @@ class SyncExecutor:
             bar_format=self.tqdm_bar_format,
             checkpoint=self.checkpoint,
             controller=self._concurrency_controller,
-            check_output=partial(_refuse_awaitable, self.generate),
+            check_output=partial(refuse_awaitable, self.generate),
         )
-
-
-class _Remote:
-    """The calling thread's handle on a run driven on a thread of its own."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.run: Run | None = None
-        self.pending: bool | None = None  # a signal that came before the run started
-
-    def attach(self, run: Run) -> None:
-        with self.lock:
-            self.run = run
-            pending = self.pending
-        if pending is not None:
-            run.interrupt(pending)
-
-    def on_signal(self, announce: bool) -> bool:
-        with self.lock:
-            run = self.run
-            if run is None:
-                self.pending = announce
-                return False
-        run.loop.call_soon_threadsafe(run.interrupt, announce)
-        return False
-
-    def abort(self) -> None:
-        """The caller gave up (a second Ctrl-C): stop the run without waiting for it."""
-        self.on_signal(False)
-
-
-def _drive_on_thread(
-    executor: SyncExecutor,
-    inputs: Iterable[Any],
-    total: int | None,
-    details: list[ExecutionDetails] | None,
-    on_final: OnFinal,
-    room: asyncio.Semaphore | None,
-    remote: _Remote | None = None,
-) -> Run:
-    """Drive a threaded run on a new event loop in a thread of its own, and wait for it.
-
-    The calling thread holds the termination handler (if it is the main thread) and
-    forwards the signal to the run's loop.
-    """
-    remote = _Remote() if remote is None else remote
-    box: dict[str, Any] = {}
-
-    async def main() -> Run:
-        loop = asyncio.get_running_loop()
-        calls = ThreadCalls(executor.generate, loop)
-        config = dataclasses.replace(executor._config(), call=calls)
-        try:
-            return await drive(
-                config,
-                inputs,
-                total,
-                details,
-                on_final,
-                room=room,
-                install_handler=False,
-                started=remote.attach,
-            )
-        finally:
-            calls.close()
-
-    def target() -> None:
-        try:
-            box["run"] = _run_on_new_loop(main(), None)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="evalexec-run", daemon=True)
-    with termination_handler(executor.termination_signal, remote.on_signal):
-        thread.start()
-        try:
-            thread.join()
-        except BaseException:
-            remote.abort()  # a second Ctrl-C: do not wait for the run to wind down
-            raise
-    if "error" in box:
-        raise box["error"]
-    run: Run = box["run"]
-    return run
-
-
-def _stream_on_thread(
-    executor: SyncExecutor, inputs: Iterable[Any], total: int | None
-) -> Generator[tuple[int, Any, ExecutionDetails], None, None]:
-    """A threaded run's results as a plain iterator, each as soon as it is final."""
-    results: queue.SimpleQueue[tuple[int, Any, ExecutionDetails] | None] = queue.SimpleQueue()
-    room = asyncio.Semaphore(WINDOW_PER_WORKER * executor.concurrency)
-    remote = _Remote()
-    box: dict[str, Any] = {}
-
-    def emit(index: int, output: Any, details: ExecutionDetails) -> None:
-        results.put((index, output, details))
-
-    def target() -> None:
-        try:
-            box["run"] = _drive_on_thread_quiet(executor, inputs, total, emit, room, remote)
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            results.put(None)
-
-    thread = threading.Thread(target=target, name="evalexec-stream", daemon=True)
-    thread.start()
-    try:
-        while True:
-            # The handler is ours only while we wait for the next result: a stream left
-            # open, or read on another thread, never keeps it installed.
-            with termination_handler(executor.termination_signal, remote.on_signal):
-                result = results.get()
-            if result is None:
-                break
-            yield result
-            run = remote.run
-            if run is not None:
-                _call_soon(run, room.release)
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        run = box.get("run")
-        if run is not None and run.error is not None:
-            raise run.error
-    finally:
-        if thread.is_alive():
-            remote.abort()
-
-
-def _drive_on_thread_quiet(
-    executor: SyncExecutor,
-    inputs: Iterable[Any],
-    total: int | None,
-    on_final: OnFinal,
-    room: asyncio.Semaphore,
-    remote: _Remote,
-) -> Run:
-    """`_drive_on_thread` for a stream: the reader, not this thread, holds the handler."""
-    quiet = copy.copy(executor)
-    quiet.termination_signal = None
-    return _drive_on_thread(quiet, inputs, total, None, on_final, room, remote)
-
-
-def _call_soon(run: Run, callback: Callable[[], Any]) -> None:
-    with contextlib.suppress(RuntimeError):  # the run's loop has closed
-        run.loop.call_soon_threadsafe(callback)
-
-
-class _Sequential:
-    """One sequential run of a `SyncExecutor`: calls one by one in the calling thread.
-
-    Its state is its own, so one executor can run in several threads at once.
-    """
-
-    def __init__(self, executor: SyncExecutor) -> None:
-        self.executor = executor
-        self.stop: StopReason | None = None
-        self.in_call = False  # a call (or a backoff sleep) is on the stack right now
-
-    def on_signal(self, announce: bool) -> bool:
-        if self.stop is None and announce:
-            say.interrupted(self.write)
-        self.stop = "interrupted"
-        return self.in_call  # raise _Interrupted into the call on the stack
-
-    def write(self, message: str) -> None:
-        print(message, file=sys.stderr)
-
-    def steps(
-        self,
-        inputs: Iterable[Any],
-        total: int | None,
-        details: list[ExecutionDetails] | None,
-        outputs: list[Any] | None,
-        *,
-        stream: bool,
-    ) -> Generator[tuple[int, Any, ExecutionDetails], None, None]:
-        """Run the inputs one by one; when `stream`, yield each as it becomes final.
-
-        The first attempt of an input is inlined: a run of cheap calls spends its time
-        in the function, not in bookkeeping. Retries go through `retry`.
-        """
-        executor = self.executor
-        clock = executor._clock
-        generate = executor.generate
-        started = clock()
-        stop_at = math.inf if executor.deadline is None else started + executor.deadline
-        retries = 0
-        drawn = 0
-        completed = ExecutionStatus.COMPLETED
-        unchecked = True  # the first output tells whether the function is async by mistake
-        checkpoint: CheckpointStore | None = None
-        progress = Progress(total, executor.tqdm_bar_format, lambda: f"retries={retries}", clock)
-        self.write = progress.write  # type: ignore[method-assign]
-        try:
-            with termination_handler(executor.termination_signal, self.on_signal, _Interrupted):
-                try:
-                    if executor.checkpoint is not None:
-                        checkpoint = executor.checkpoint.open(executor.generate)
-                    try:
-                        iterator = iter(inputs)
-                    except Exception as exc:
-                        _stopped_by(exc, outputs, details)
-                    index = -1
-                    while True:
-                        try:
-                            item = next(iterator)
-                        except StopIteration:
-                            if total is not None and drawn < total and self.stop is None:
-                                say.inputs_fewer_than_len(drawn, total)
-                            break
-                        except Exception as exc:
-                            _stopped_by(exc, outputs, details)
-                        index += 1
-                        if total is not None and index >= total:
-                            say.inputs_more_than_len(total)
-                            break
-                        if self.stop is not None:
-                            break
-                        drawn += 1
-                        # The fingerprint is taken before the function can change the input.
-                        key, stored = "", None
-                        if checkpoint is not None:
-                            try:
-                                key = checkpoint.fingerprint(item)
-                                stored = checkpoint.restore(index, key)
-                            except CheckpointError as exc:
-                                _stopped_by(exc, outputs, details)
-                        if stored is not None:
-                            output, record = stored.output, stored.details()
-                            if details is not None:
-                                details[index] = record
-                        else:
-                            record = ExecutionDetails() if details is None else details[index]
-                            if stop_at != math.inf and clock() >= stop_at:
-                                self.stop = "deadline"
-                                break
-                            try:
-                                output, error = self.call(item, record)
-                            except _Interrupted:
-                                break
-                            if self.stop is not None:
-                                break  # stopped during the call: its result is not trusted
-                            if unchecked and error is None:
-                                unchecked = False
-                                _refuse_awaitable(generate, output)
-                            if error is None:
-                                record.status = completed
-                            else:
-                                finished, output, tries = self.retry(
-                                    index, item, record, stop_at, error
-                                )
-                                retries += tries
-                                if not finished:
-                                    break
-                            if checkpoint is not None:
-                                try:
-                                    checkpoint.record(index, key, output, record)
-                                except CheckpointError as exc:
-                                    _stopped_by(exc, outputs, details)
-                        if outputs is not None:
-                            outputs[index] = output
-                        progress.advance(record.status)
-                        if stream:
-                            yield index, output, record
-                        if record.status is ExecutionStatus.FAILED and (
-                            executor.exit_on_error or self.stop is not None
-                        ):
-                            break
-                finally:
-                    try:
-                        if checkpoint is not None:
-                            checkpoint.close()
-                    finally:
-                        inputs_seen = drawn if total is None else total
-                        progress.close(inputs_seen, retries, clock() - started)
-        finally:
-            self.in_call = False
-            if self.stop == "deadline":
-                say.deadline_passed(executor.deadline)
-
-    def retry(
-        self, index: int, item: Any, details: ExecutionDetails, stop_at: float, error: Exception
-    ) -> tuple[bool, Any, int]:
-        """Handle a failed attempt and retry until the input is final.
-
-        Returns ``(finished, output, retries)``; not finished when the run was stopped.
-        """
-        executor = self.executor
-        errors = 0
-        while True:
-            details.log_exception(error)
-            verdict = decide(error, errors, executor.max_retries, executor.backoff)
-            if not verdict.retry:
-                details.fail()
-                cause = say.describe(error)
-                say.failed(index, errors + 1, cause)
-                if verdict.stop_run:
-                    self.stop = "quota"
-                    say.stopped_early(self.write, verdict.reason, cause)
-                return True, executor.fallback_return_value, errors
-            errors += 1
-            wait = max(verdict.delay, verdict.cooldown or 0.0)
-            say.retrying(index, errors, say.describe(error), wait)
-            if wait > 0 and not self.pause(min(wait, stop_at - executor._clock())):
-                return False, None, errors
-            if executor._clock() >= stop_at:
-                self.stop = "deadline"
-            if self.stop is not None:
-                return False, None, errors
-            try:
-                output, failure = self.call(item, details)
-            except _Interrupted:
-                return False, None, errors
-            if self.stop is not None:
-                return False, None, errors  # stopped during the call: not trusted
-            if failure is not None:
-                error = failure
-                continue
-            details.complete()
-            return True, output, errors
-
-    def call(self, item: Any, details: ExecutionDetails) -> tuple[Any, Exception | None]:
-        """One attempt: ``(output, None)`` or ``(None, error)``; its seconds are added to
-        `details`. The first termination signal raises `_Interrupted` out of it."""
-        clock = self.executor._clock
-        start = clock()
-        self.in_call = True
-        try:
-            return self.executor.generate(item), None
-        except Exception as exc:
-            return None, exc
-        finally:
-            self.in_call = False
-            details.execution_seconds += clock() - start
-
-    def pause(self, seconds: float) -> bool:
-        """Sleep between attempts; False if the run was asked to stop, before or during it."""
-        if self.stop is not None:
-            return False
-        if seconds <= 0:
-            return True
-        try:
-            self.in_call = True
-            try:
-                self.executor._sleep(min(seconds, threading.TIMEOUT_MAX))
-            finally:
-                self.in_call = False
-        except _Interrupted:
-            return False
-        return True
-
-
-def _stopped_by(
-    error: Exception, outputs: list[Any] | None, details: list[ExecutionDetails] | None
-) -> NoReturn:
-    """The inputs or the checkpoint raised: out of `run` with what finished; a stream
-    has yielded what finished, and raises the error itself."""
-    if outputs is not None and details is not None:
-        raise IncompleteRunError(error, outputs, details) from error
-    raise error
-
-
-def _refuse_awaitable(fn: Callable[..., Any], result: object) -> None:
-    """SyncExecutor's mirror of the async check: an `async def` function returns coroutines."""
-    if not inspect.isawaitable(result):
-        return
-    close = getattr(result, "close", None)
-    if callable(close):
-        close()  # no "coroutine was never awaited" warning later
-    name = getattr(fn, "__qualname__", None) or type(fn).__name__
-    raise TypeError(
-        f"SyncExecutor needs a plain function, but {name} returned {type(result).__name__}; "
-        "use AsyncExecutor for an `async def` function"
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -961,7 +426,7 @@ def get_executor_on_sync_context(
         return SyncExecutor(sync_fn, termination_signal=None, **threaded)
     if run_sync:
         return SyncExecutor(sync_fn, **common)
-    if _running_event_loop_exists() and not getattr(asyncio, "_nest_patched", False):
+    if running_loop_exists() and not getattr(asyncio, "_nest_patched", False):
         logger.warning(
             "evalexec: an event loop is already running (a notebook?), so the async "
             "function cannot run here; running the sync function on %d worker threads "
@@ -971,11 +436,3 @@ def get_executor_on_sync_context(
         )
         return SyncExecutor(sync_fn, **threaded)
     return AsyncExecutor(async_fn, concurrency=concurrency, timeout=timeout, **common)
-
-
-def _running_event_loop_exists() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
