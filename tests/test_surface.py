@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import inspect
 import pickle
@@ -396,3 +397,36 @@ def test_public_records_show_their_public_module() -> None:
     for cls in (ExecutionDetails, ExecutionStatus, Unset):
         assert cls.__module__ == "evalexec.executors"
     assert pickle.loads(pickle.dumps(ExecutionStatus.FAILED)) is ExecutionStatus.FAILED
+
+
+def test_no_module_that_executors_imports_imports_it_back() -> None:
+    """The machinery is below the public module: no import cycle through `executors`."""
+    package = ROOT / "src" / "evalexec"
+
+    def imports_of(module: str) -> set[str]:
+        tree = ast.parse((package / f"{module}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "evalexec":
+                    found.update(alias.name for alias in node.names)
+                elif node.module.startswith("evalexec."):
+                    found.add(node.module.removeprefix("evalexec."))
+            elif isinstance(node, ast.Import):
+                found.update(
+                    a.name.removeprefix("evalexec.")
+                    for a in node.names
+                    if a.name.startswith("evalexec.")
+                )
+        return {name for name in found if (package / f"{name}.py").exists()}
+
+    seen: set[str] = set()
+    todo = list(imports_of("executors"))
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        assert "executors" not in imports_of(module), module
+        todo.extend(imports_of(module))
+    assert {"_engine", "_gate", "_details", "_retry", "_controller"} <= seen
