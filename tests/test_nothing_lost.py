@@ -299,3 +299,65 @@ def test_an_input_that_cannot_be_fingerprinted_stops_the_run_naming_its_type(
     )
     with pytest.raises(IncompleteRunError, match="Opaque"):
         executor.run([1, Opaque()])
+
+
+# -- a Ctrl-C in the last moments of a run loses nothing ------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["async", "sync", "threads"])
+def test_a_ctrl_c_while_the_checkpoint_closes_keeps_every_output(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evalexec._checkpoint import CheckpointStore
+
+    close = CheckpointStore.close
+
+    def close_under_ctrl_c(self: CheckpointStore) -> None:
+        os.kill(os.getpid(), SIG)
+        close(self)
+
+    monkeypatch.setattr(CheckpointStore, "close", close_under_ctrl_c)
+
+    async def agen(item: int) -> int:
+        return item
+
+    path = tmp_path / "run.db"
+    executor: Any = {
+        "async": AsyncExecutor(agen, termination_signal=SIG, checkpoint=path),
+        "sync": SyncExecutor(lambda x: x, termination_signal=SIG, checkpoint=path),
+        "threads": SyncExecutor(
+            lambda x: x, concurrency=2, termination_signal=SIG, checkpoint=path
+        ),
+    }[kind]
+    outputs, details = executor.run([1, 2, 3])
+    assert outputs == [1, 2, 3]
+    assert statuses(details) == [S.COMPLETED] * 3
+    assert signal.getsignal(SIG) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_ctrl_c_after_the_run_ended_but_before_run_returns_keeps_every_output(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window between the run's own handler going and `run()` returning."""
+    from evalexec import _progress
+
+    close = _progress.Progress.close
+
+    def close_then_ctrl_c(self: Any, *args: Any) -> None:
+        close(self, *args)
+        os.kill(os.getpid(), SIG)
+
+    monkeypatch.setattr(_progress.Progress, "close", close_then_ctrl_c)
+
+    async def agen(item: int) -> int:
+        return item
+
+    executor: Any = (
+        AsyncExecutor(agen, termination_signal=SIG)
+        if kind == "async"
+        else SyncExecutor(lambda x: x, termination_signal=SIG)
+    )
+    outputs, details = executor.run([1, 2])
+    assert outputs == [1, 2]
+    assert statuses(details) == [S.COMPLETED] * 2

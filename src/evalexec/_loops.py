@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from evalexec._signals import handler_restored, termination_handler
 from evalexec.exceptions import NestedRunError
 
-__all__ = ["cancel_all", "refuse_nested_loop", "run_on_new_loop", "running_loop_exists"]
+__all__ = [
+    "cancel_all",
+    "refuse_nested_loop",
+    "results_kept",
+    "run_on_new_loop",
+    "running_loop_exists",
+]
 
 _T = TypeVar("_T")
 ABORT_GRACE_SECONDS = 0.2  # on a second Ctrl-C, how long tasks get to end before we go
@@ -52,7 +59,7 @@ def run_on_new_loop(main: Coroutine[Any, Any, _T], signum: signal.Signals | None
     """
     loop = asyncio.new_event_loop()
     try:
-        with handler_restored(signum), termination_handler(signum, _results_are_safe):
+        with handler_restored(signum), results_kept(signum):
             task = loop.create_task(main)
             try:
                 result = loop.run_until_complete(task)
@@ -69,6 +76,12 @@ def run_on_new_loop(main: Coroutine[Any, Any, _T], signum: signal.Signals | None
 
 def _results_are_safe(announce: bool) -> bool:
     return False  # the run has its results; a first Ctrl-C now changes nothing
+
+
+def results_kept(signum: signal.Signals | None) -> AbstractContextManager[bool]:
+    """Around a whole `run()`: a first signal that lands once the run's own handler is
+    gone (its results are safe) changes nothing, instead of raising KeyboardInterrupt."""
+    return termination_handler(signum, _results_are_safe)
 
 
 def cancel_all(loop: asyncio.AbstractEventLoop, grace: float | None) -> None:

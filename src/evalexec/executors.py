@@ -34,7 +34,12 @@ from evalexec._controller import ConcurrencyController, ControllerLike, adaptive
 from evalexec._details import ExecutionDetails, ExecutionStatus, Unset
 from evalexec._details import _unset as _unset
 from evalexec._engine import WINDOW_PER_WORKER, Run, RunConfig, drive, raise_for
-from evalexec._loops import refuse_nested_loop, run_on_new_loop, running_loop_exists
+from evalexec._loops import (
+    refuse_nested_loop,
+    results_kept,
+    run_on_new_loop,
+    running_loop_exists,
+)
 from evalexec._retry import Backoff
 from evalexec._sequential import Sequential, refuse_awaitable
 from evalexec._signals import termination_handler
@@ -341,18 +346,19 @@ class SyncExecutor:
         total = sized_len(inputs)
         outputs = [self.fallback_return_value] * total
         details = [ExecutionDetails() for _ in range(total)]
-        if self.threaded:
+        with results_kept(self.termination_signal):
+            if self.threaded:
 
-            def keep(index: int, output: Any, _details: ExecutionDetails) -> None:
-                outputs[index] = output
+                def keep(index: int, output: Any, _details: ExecutionDetails) -> None:
+                    outputs[index] = output
 
-            run = drive_on_thread(self._config(), inputs, total, details, keep)
-            raise_for(run, outputs, details)
-        else:
-            sequential = Sequential(self._config(), self._clock, self._sleep)
-            for _ in sequential.steps(inputs, total, details, outputs, stream=False):
-                pass
-        return outputs, details
+                run = drive_on_thread(self._config(), inputs, total, details, keep)
+                raise_for(run, outputs, details)
+            else:
+                sequential = Sequential(self._config(), self._clock, self._sleep)
+                for _ in sequential.steps(inputs, total, details, outputs, stream=False):
+                    pass
+            return outputs, details
 
     def stream(
         self, inputs: Iterable[Any]
