@@ -17,29 +17,11 @@ from evalexec.executors import (
     ExecutionStatus,
     _unset,
 )
-from tests.fakes import FakeError, FakeGenerate, SizedOnly, output_for
+from tests.fakes import FakeError, FakeGenerate, RecordingController, SizedOnly, output_for
 
 pytestmark = pytest.mark.looptime
 
 S = ExecutionStatus
-
-
-class RecordingController:
-    """A stand-in controller: a settable target and a log of the events it was told."""
-
-    def __init__(self, target: int) -> None:
-        self.target_concurrency = target
-        self.inactive_check_interval = 1.0
-        self.events: list[str] = []
-
-    def record_success(self, latency_seconds: float) -> None:
-        self.events.append("success")
-
-    def record_timeout(self) -> None:
-        self.events.append("timeout")
-
-    def record_error(self) -> None:
-        self.events.append("error")
 
 
 def statuses(details: list[Any]) -> list[ExecutionStatus]:
