@@ -7,6 +7,7 @@
   Inputs missing from the table succeed at once. Outputs are ``f"out:{input}"``.
 - ``FakeTime``: the SyncExecutor's ``clock=`` and ``sleep=``, moving only when told.
 - ``SizedOnly``: inputs with a length but no indexing.
+- ``Hinting``: a ``FakeGenerate`` whose rate limits carry a retry hint.
 - ``RecordingController``: a controller whose target a test sets by hand.
 - ``RecordingBar`` and ``watched_run``: what a run must put back (the SIGINT handler,
   every progress bar closed) and ``other_tasks`` for what it must not leave running.
@@ -34,7 +35,8 @@ from tqdm.std import tqdm as std_tqdm
 
 import evalexec._progress
 from evalexec.exceptions import PhoenixException, RateLimitError
-from tests.vtime import loop_time_or
+from evalexec.executors import ExecutionDetails
+from tests.vtime import loop_time_or, now
 
 Outcome = tuple[str, float]
 """A row entry of `FakeGenerate`: what the attempt does, after how many seconds."""
@@ -170,6 +172,32 @@ class RecordingController:
 
     def record_error(self) -> None:
         self.events.append("error")
+
+
+@dataclass
+class Hinting:
+    """A `FakeGenerate` whose rate limits carry a retry hint; records when calls end."""
+
+    fake: FakeGenerate
+    hint: float
+    ended: list[tuple[Any, float]] = field(default_factory=list)
+    cancelled: list[Any] = field(default_factory=list)
+
+    async def __call__(self, item: Any) -> Any:
+        try:
+            return await self.fake(item)
+        except RateLimitError as exc:
+            raise RateLimitError(str(exc), retry_after=self.hint) from None
+        except asyncio.CancelledError:
+            self.cancelled.append(item)
+            raise
+        finally:
+            self.ended.append((item, now()))
+
+
+def summary_of(details: Sequence[ExecutionDetails]) -> list[tuple[Any, ...]]:
+    """What a test compares of each input's details: status, exception types, seconds."""
+    return [(d.status, [type(e) for e in d.exceptions], d.execution_seconds) for d in details]
 
 
 # -- what a run must leave behind ----------------------------------------------------------
