@@ -5,25 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from tqdm.auto import tqdm
 
-import evalexec._progress
 from evalexec.exceptions import RateLimitError
 from evalexec.executors import (
     AsyncExecutor,
     ExecutionDetails,
     ExecutionStatus,
     SyncExecutor,
-    _unset,
 )
 from tests.fakes import FakeGenerate, FakeTime, output_for
 
@@ -78,137 +74,6 @@ class Hinting:
             raise
         finally:
             self.ended.append((item, now()))
-
-
-# -- the status line and the summary --------------------------------------------------------
-
-
-class RecordingBar(tqdm):  # type: ignore[type-arg]
-    """A tqdm bar that keeps every postfix it was given, whether it was closed, and
-    every line written through it."""
-
-    bars: ClassVar[list[RecordingBar]] = []
-    lines: ClassVar[list[str]] = []
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["file"] = open_null()
-        super().__init__(*args, **kwargs)
-        self.postfixes: list[tuple[float, str]] = []
-        self.was_closed = False
-        RecordingBar.bars.append(self)
-
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
-        self.postfixes.append((_loop_time(), s))
-        super().set_postfix_str(s, refresh=refresh)
-
-    def close(self) -> None:
-        self.was_closed = True
-        super().close()
-        self.fp.close()
-
-    @classmethod
-    def write(cls, s: str, file: Any = None, end: str = "\n", nolock: bool = False) -> None:
-        cls.lines.append(s)
-
-
-def open_null() -> Any:
-    return open(os.devnull, "w")  # closed by RecordingBar.close
-
-
-def _loop_time() -> float:
-    try:
-        return asyncio.get_running_loop().time()
-    except RuntimeError:
-        return -1.0
-
-
-@pytest.fixture
-def bars(monkeypatch: pytest.MonkeyPatch) -> type[RecordingBar]:
-    RecordingBar.bars = []
-    RecordingBar.lines = []
-    monkeypatch.setattr(evalexec._progress, "tqdm", RecordingBar)
-    return RecordingBar
-
-
-async def test_the_status_line_shows_retries_rate_limits_failures_and_the_cooldown(
-    bars: type[RecordingBar],
-) -> None:
-    fake = FakeGenerate(
-        {
-            "f": [("phoenix", 0.25)],
-            "e": [("error", 0.25), ("ok", 1.0)],
-            "r": [("rate_limit", 1.0), ("ok", 0.0)],
-            "x": [("ok", 5.0)],
-        }
-    )
-    executor = AsyncExecutor(
-        Hinting(fake, hint=30.0),
-        concurrency=3,
-        tqdm_bar_format=BAR,
-        exit_on_error=False,
-        enable_dynamic_concurrency=False,
-    )
-    start = now()
-    outputs, _ = await executor.execute(["f", "e", "r", "x"])
-    assert now() - start == 31.0
-    assert outputs == [_unset, "out:e", "out:r", "out:x"]
-    [bar] = bars.bars
-    shown = dict(bar.postfixes)
-    # at 1.0 "r" is rate limited with a 30 s hint: "e" (retried) and "x" are in flight
-    assert shown[start + 1.0] == (
-        "target=3 inflight=2 retries=1 rate_limited=1 failed=1 cooldown=30s"
-    )
-    # at 5.25 "x" finishes while the cooldown still runs
-    assert shown[start + 5.25] == (
-        "target=3 inflight=0 retries=2 rate_limited=1 failed=1 cooldown=26s"
-    )
-    assert bar.postfixes[-1] == (
-        start + 31.0,
-        "target=3 inflight=0 retries=2 rate_limited=1 failed=1",
-    )
-    assert bar.was_closed
-    assert bars.lines == [
-        "evalexec: 1 completed, 2 completed with retries, 1 failed, 0 did not run; "
-        "2 retries; 31.0 s"
-    ]
-
-
-def test_the_summary_line_counts_every_status(bars: type[RecordingBar]) -> None:
-    fake = FakeGenerate(
-        {
-            1: [("error", 0.0), ("ok", 0.0)],
-            2: [("error", 0.0), ("error", 0.0), ("ok", 0.0)],
-            3: [("phoenix", 0.0)],
-        }
-    )
-    fake_time = FakeTime()
-
-    def generate(item: int) -> Any:
-        fake_time.now += 1.0
-        return fake.sync(item)
-
-    executor = SyncExecutor(
-        generate, tqdm_bar_format=BAR, clock=fake_time.clock, sleep=fake_time.sleep
-    )
-    _, details = executor.run([0, 1, 2, 3, 4])
-    assert [d.status for d in details] == [
-        S.COMPLETED,
-        S.COMPLETED_WITH_RETRIES,
-        S.COMPLETED_WITH_RETRIES,
-        S.FAILED,
-        S.DID_NOT_RUN,
-    ]
-    [bar] = bars.bars
-    assert bar.was_closed
-    assert bars.lines == [
-        "evalexec: 1 completed, 2 completed with retries, 1 failed, 1 did not run; 3 retries; 7.0 s"
-    ]
-
-
-async def test_no_bar_and_no_summary_without_a_bar_format(bars: type[RecordingBar]) -> None:
-    await AsyncExecutor(FakeGenerate()).execute([1, 2])
-    assert bars.bars == []
-    assert bars.lines == []
 
 
 # -- log volume ---------------------------------------------------------------------------
