@@ -9,6 +9,7 @@
 - ``SizedOnly``: inputs with a length but no indexing.
 - ``Hinting``: a ``FakeGenerate`` whose rate limits carry a retry hint.
 - ``RecordingController``: a controller whose target a test sets by hand.
+- ``in_thread``: run a function on a new thread, for the off-the-main-thread tests.
 - ``RecordingBar`` and ``watched_run``: what a run must put back (the SIGINT handler,
   every progress bar closed) and ``other_tasks`` for what it must not leave running.
 - Fault schedules for the property tests: ``Plan`` (a row of ``Step`` per input),
@@ -22,6 +23,7 @@ import asyncio
 import io
 import itertools
 import signal
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -198,6 +200,25 @@ class Hinting:
 def summary_of(details: Sequence[ExecutionDetails]) -> list[tuple[Any, ...]]:
     """What a test compares of each input's details: status, exception types, seconds."""
     return [(d.status, [type(e) for e in d.exceptions], d.execution_seconds) for d in details]
+
+
+def in_thread(target: Callable[[], Any]) -> Any:
+    """Run `target` in a new thread; return its result or raise its exception here."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            result.append(target())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
 
 
 # -- what a run must leave behind ----------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,14 @@ from evalexec.executors import (
     ExecutionStatus,
     _unset,
 )
-from tests.fakes import FakeError, FakeGenerate, RecordingController, SizedOnly, output_for
+from tests.fakes import (
+    FakeError,
+    FakeGenerate,
+    RecordingController,
+    SizedOnly,
+    in_thread,
+    output_for,
+)
 
 pytestmark = pytest.mark.looptime
 
@@ -304,11 +310,8 @@ def test_no_handler_is_installed_off_the_main_thread() -> None:
         seen.append(signal.getsignal(signal.SIGINT))
         return item
 
-    result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(AsyncExecutor(gen).run([1])))
-    thread.start()
-    thread.join()
-    assert result[0][0] == [1]
+    outputs, _ = in_thread(lambda: AsyncExecutor(gen).run([1]))
+    assert outputs == [1]
     assert seen == [before]
 
 

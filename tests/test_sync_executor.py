@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import signal
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
@@ -21,7 +20,15 @@ from evalexec import IncompleteRunError
 from evalexec._retry import Backoff
 from evalexec.exceptions import PhoenixException, RateLimitError
 from evalexec.executors import ExecutionDetails, ExecutionStatus, SyncExecutor, _unset
-from tests.fakes import FakeError, FakeGenerate, FakeTime, RecordingBar, SizedOnly, output_for
+from tests.fakes import (
+    FakeError,
+    FakeGenerate,
+    FakeTime,
+    RecordingBar,
+    SizedOnly,
+    in_thread,
+    output_for,
+)
 
 S = ExecutionStatus
 NO_JITTER = Backoff(initial=1.0, maximum=60.0, multiplier=2.0, jitter=0.0)
@@ -569,26 +576,14 @@ def test_no_handler_is_installed_when_termination_signal_is_none() -> None:
 
 def test_no_handler_is_installed_off_the_main_thread() -> None:
     seen: list[object] = []
-    results: list[tuple[list[Any], list[ExecutionDetails]]] = []
-    errors: list[BaseException] = []
     before = signal.getsignal(signal.SIGINT)
 
     def gen(item: int) -> int:
         seen.append(signal.getsignal(signal.SIGINT))
         return item
 
-    def target() -> None:
-        time = FakeTime()
-        try:
-            results.append(executor(gen, time).run([1, 2]))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    assert errors == []
-    assert results[0][0] == [1, 2]
+    outputs, _ = in_thread(lambda: executor(gen, FakeTime()).run([1, 2]))
+    assert outputs == [1, 2]
     assert seen == [before, before]
 
 
