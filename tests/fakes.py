@@ -408,15 +408,12 @@ class ScheduledCall:
 
 
 @dataclass
-class ScheduledProvider:
-    """The async generation function: follows `plan`, records every call in order."""
+class _FollowsPlan:
+    """What both scheduled providers share: the plan, and every call in order."""
 
     plan: Plan
-    slow_seconds: float
-    calls: dict[int, list[ScheduledCall]] = field(default_factory=dict)
-    seq: Iterator[int] = field(default_factory=itertools.count)
-    inflight: int = 0
-    max_inflight: int = 0
+    calls: dict[int, list[ScheduledCall]] = field(default_factory=dict, kw_only=True)
+    seq: Iterator[int] = field(default_factory=itertools.count, kw_only=True)
 
     def _begin(self, item: Item, now: float) -> ScheduledCall:
         row = self.calls.setdefault(item.index, [])
@@ -430,6 +427,18 @@ class ScheduledProvider:
         call.outcome = outcome
         call.ended = now
         call.ended_seq = next(self.seq)
+
+    def all_calls(self) -> list[ScheduledCall]:
+        return [call for row in self.calls.values() for call in row]
+
+
+@dataclass
+class ScheduledProvider(_FollowsPlan):
+    """The async generation function: follows `plan`, records every call in order."""
+
+    slow_seconds: float
+    inflight: int = 0
+    max_inflight: int = 0
 
     async def __call__(self, item: Item) -> str:
         loop = asyncio.get_running_loop()
@@ -453,9 +462,6 @@ class ScheduledProvider:
         finally:
             self.inflight -= 1
 
-    def all_calls(self) -> list[ScheduledCall]:
-        return [call for row in self.calls.values() for call in row]
-
 
 class TaggedTime(FakeTime):
     """A `FakeTime` that also tags every sleep with the input whose attempt came before
@@ -473,26 +479,18 @@ class TaggedTime(FakeTime):
 
 
 @dataclass
-class ScheduledSyncProvider:
+class ScheduledSyncProvider(_FollowsPlan):
     """The plain generation function: follows `plan`, spends its delays on `time`."""
 
-    plan: Plan
     time: TaggedTime
-    calls: dict[int, list[ScheduledCall]] = field(default_factory=dict)
-    seq: Iterator[int] = field(default_factory=itertools.count)
 
     def __call__(self, item: Item) -> str:
-        row = self.calls.setdefault(item.index, [])
-        step = self.plan.step(item.index, len(row))
-        call = ScheduledCall(item.index, len(row), step, self.time.now, next(self.seq))
-        row.append(call)
+        call = self._begin(item, self.time.now)
         self.time.current = item.index
-        self.time.now += step.delay
-        call.ended = self.time.now
-        call.ended_seq = next(self.seq)
-        if step.kind == OK:
-            call.outcome = "returned"
+        self.time.now += call.step.delay
+        if call.step.kind == OK:
+            self._end(call, "returned", self.time.now)
             return output_for(item.index)
-        call.outcome = "raised"
-        call.exception = scheduled_exception(step.kind, item.index, call.attempt)
+        call.exception = scheduled_exception(call.step.kind, item.index, call.attempt)
+        self._end(call, "raised", self.time.now)
         raise call.exception
