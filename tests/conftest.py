@@ -3,10 +3,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import settings
+
+import evalexec._progress
+from tests.fakes import RecordingBar, previous_sigint_handler
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +31,24 @@ def _quiet_evalexec_logger() -> Iterator[None]:
     logger.setLevel(logging.ERROR)
     yield
     logger.setLevel(before)
+
+
+@pytest.fixture
+def previous_handler() -> Iterator[Any]:
+    """A SIGINT handler of the caller's own, in place for the test (yielded)."""
+    original = signal.signal(signal.SIGINT, previous_sigint_handler)
+    yield previous_sigint_handler
+    signal.signal(signal.SIGINT, original)
+
+
+@pytest.fixture
+def bars(monkeypatch: pytest.MonkeyPatch) -> type[RecordingBar]:
+    """Every progress bar a run makes is a `RecordingBar`, made through the
+    `evalexec._progress.tqdm` seam; the class keeps them (`opened`) and the lines
+    written (`lines`)."""
+    RecordingBar.forget()
+    monkeypatch.setattr(evalexec._progress, "tqdm", RecordingBar)
+    return RecordingBar
 
 
 # Hypothesis profiles: `ci` by default; `pytest --hypothesis-profile=long` for a soak run.

@@ -6,7 +6,6 @@ import asyncio
 import math
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,29 +16,18 @@ from evalexec.executors import (
     ExecutionStatus,
     _unset,
 )
-from tests.fakes import FakeError, FakeGenerate, SizedOnly, output_for
+from tests.fakes import (
+    FakeError,
+    FakeGenerate,
+    RecordingController,
+    SizedOnly,
+    in_thread,
+    output_for,
+)
 
 pytestmark = pytest.mark.looptime
 
 S = ExecutionStatus
-
-
-class RecordingController:
-    """A stand-in controller: a settable target and a log of the events it was told."""
-
-    def __init__(self, target: int) -> None:
-        self.target_concurrency = target
-        self.inactive_check_interval = 1.0
-        self.events: list[str] = []
-
-    def record_success(self, latency_seconds: float) -> None:
-        self.events.append("success")
-
-    def record_timeout(self) -> None:
-        self.events.append("timeout")
-
-    def record_error(self) -> None:
-        self.events.append("error")
 
 
 def statuses(details: list[Any]) -> list[ExecutionStatus]:
@@ -322,11 +310,8 @@ def test_no_handler_is_installed_off_the_main_thread() -> None:
         seen.append(signal.getsignal(signal.SIGINT))
         return item
 
-    result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(AsyncExecutor(gen).run([1])))
-    thread.start()
-    thread.join()
-    assert result[0][0] == [1]
+    outputs, _ = in_thread(lambda: AsyncExecutor(gen).run([1]))
+    assert outputs == [1]
     assert seen == [before]
 
 

@@ -11,7 +11,6 @@ import contextlib
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,36 +18,33 @@ from hypothesis import strategies as st
 
 from evalexec import Backoff, RateLimitError
 from evalexec.executors import AsyncExecutor
-from tests.test_properties import (
+from tests.fakes import (
     DELAYS,
     OK,
     Item,
     Leftovers,
     Plan,
-    Provider,
+    ScheduledProvider,
     Step,
     assert_cleaned_up,
+    other_tasks,
     plans,
-    virtual_time_loop,
     watched_run,
 )
+from tests.vtime import virtual_time_loop
 
 BAR = "{l_bar}{bar}{r_bar}"
 
 
-def slow_provider(seconds: float) -> Provider:
-    return Provider(Plan({}, Step(OK, seconds)), slow_seconds=10 * seconds)
+def slow_provider(seconds: float) -> ScheduledProvider:
+    return ScheduledProvider(Plan({}, Step(OK, seconds)), slow_seconds=10 * seconds)
 
 
-def others() -> list[asyncio.Task[Any]]:
-    return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-
-
-def in_flight(provider: Provider) -> list[int]:
+def in_flight(provider: ScheduledProvider) -> list[int]:
     return [call.index for call in provider.all_calls() if call.outcome is None]
 
 
-def cancelled(provider: Provider) -> list[int]:
+def cancelled(provider: ScheduledProvider) -> list[int]:
     return sorted(call.index for call in provider.all_calls() if call.outcome == "cancelled")
 
 
@@ -57,7 +53,7 @@ def cleanly_left() -> Iterator[Leftovers]:
     """Like `watched_run`, and checks on the way out that the run left nothing behind."""
     with watched_run() as leftovers:
         yield leftovers
-        assert others() == []
+        assert other_tasks() == []
         assert_cleaned_up(leftovers, BAR)
 
 
@@ -113,7 +109,7 @@ async def test_cancel_before_the_run_starts_calls_nothing() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert others() == []
+        assert other_tasks() == []
         assert signal.getsignal(signal.SIGINT) is leftovers.handler
         assert all(bar.disable for bar in leftovers.bars)
     assert provider.all_calls() == []
@@ -122,7 +118,7 @@ async def test_cancel_before_the_run_starts_calls_nothing() -> None:
 @pytest.mark.looptime
 async def test_cancel_while_retries_wait_for_their_backoff_starts_no_retry_later() -> None:
     plan = Plan({i: (Step("rate_limit"),) for i in range(3)}, Step(OK))
-    provider = Provider(plan, slow_seconds=100.0)
+    provider = ScheduledProvider(plan, slow_seconds=100.0)
     backoff = Backoff(initial=30.0, jitter=0.0)
     executor = AsyncExecutor(provider, concurrency=3, backoff=backoff, tqdm_bar_format=BAR)
     with cleanly_left():
@@ -203,7 +199,7 @@ async def test_cancelled_twice_while_calls_clean_up_still_leaves_nothing_behind(
 
 @pytest.mark.looptime
 async def test_leaving_a_stream_early_cancels_the_calls_in_flight() -> None:
-    provider = Provider(Plan({0: (Step(OK, 1.0),)}, Step(OK, 50.0)), slow_seconds=500.0)
+    provider = ScheduledProvider(Plan({0: (Step(OK, 1.0),)}, Step(OK, 50.0)), slow_seconds=500.0)
     executor = AsyncExecutor(provider, concurrency=3, tqdm_bar_format=BAR)
     with cleanly_left():
         stream = executor.stream([Item(i) for i in range(6)])
@@ -236,7 +232,7 @@ def test_cancelling_at_any_moment_leaves_nothing_behind(
     backoff: Backoff | None,
 ) -> None:
     size, plan = sized_plan
-    provider = Provider(plan, slow_seconds=6.0)
+    provider = ScheduledProvider(plan, slow_seconds=6.0)
     executor = AsyncExecutor(
         provider,
         concurrency=concurrency,
@@ -263,7 +259,7 @@ def test_cancelling_at_any_moment_leaves_nothing_behind(
             outcome = type(exc).__name__
         else:
             outcome = "finished"
-        assert others() == []
+        assert other_tasks() == []
         assert in_flight(provider) == []
         calls = len(provider.all_calls())
         await asyncio.sleep(1000.0)

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from evalexec.executors import (
     SyncExecutor,
     get_executor_on_sync_context,
 )
+from tests.fakes import in_thread
 
 SCRIPTS = Path(__file__).parent / "scripts"
 DONE = [2, 4, 6]
@@ -191,25 +191,6 @@ def test_notebook_with_nest_asyncio_runs_async(notebook: Any) -> None:
 
 
 # -- threads -------------------------------------------------------------------------------
-
-
-def in_thread(target: Callable[[], Any]) -> Any:
-    """Run `target` in a new thread; return its result or raise its exception here."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            result.append(target())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
 
 
 def test_off_the_main_thread_the_factory_picks_threaded_sync_without_a_handler(

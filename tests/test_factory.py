@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from evalexec.executors import (
     _unset,
     get_executor_on_sync_context,
 )
+from tests.fakes import in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,23 +52,6 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
         for record in caplog.records
         if record.name == "evalexec" and record.levelno == logging.WARNING
     ]
-
-
-def in_thread(fn: Callable[[], Any]) -> Any:
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(fn())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    assert errors == []
-    return result[0]
 
 
 @pytest.fixture

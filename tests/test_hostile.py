@@ -10,13 +10,12 @@ import logging
 import re
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
-from types import FrameType
 from typing import Any
 
 import pytest
 
 from evalexec.executors import AsyncExecutor, ExecutionStatus, SyncExecutor, _unset
-from tests.test_properties import RecordingBar, watched_run
+from tests.fakes import RecordingBar, other_tasks, previous_sigint_handler, watched_run
 
 S = ExecutionStatus
 
@@ -30,29 +29,15 @@ def double(item: int) -> int:
     return 2 * item
 
 
-def others() -> list[asyncio.Task[Any]]:
-    return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-
-
-def _previous(signum: int, frame: FrameType | None) -> None:
-    raise AssertionError("not to be called")
-
-
-@pytest.fixture
-def previous_handler() -> Iterator[Any]:
-    """A SIGINT handler of the caller's own, in place for the test."""
-    original = signal.signal(signal.SIGINT, _previous)
-    yield _previous
-    signal.signal(signal.SIGINT, original)
-
-
 @pytest.fixture(params=["python default", "custom"])
 def handler_before(request: pytest.FixtureRequest) -> Iterator[Any]:
     """The SIGINT handler in place before the run: Python's own (over which asyncio.run
     installs one of its own), or one of the caller's."""
     original = signal.signal(
         signal.SIGINT,
-        signal.default_int_handler if request.param == "python default" else _previous,
+        signal.default_int_handler
+        if request.param == "python default"
+        else previous_sigint_handler,
     )
     yield signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, original)
@@ -105,7 +90,7 @@ async def test_execute_with_a_function_that_returns_no_awaitable_raises_type_err
             await AsyncExecutor(counting, concurrency=4).execute(list(range(8)))
         assert signal.getsignal(signal.SIGINT) is leftovers.handler
     assert calls == [0]
-    assert others() == []
+    assert other_tasks() == []
 
 
 def test_run_with_a_function_that_returns_no_awaitable_raises_type_error_once(
@@ -158,7 +143,7 @@ async def test_async_executor_takes_any_callable_that_returns_an_awaitable(
     outputs, details = await AsyncExecutor(fn, concurrency=3).execute(list(range(10)))
     assert outputs == [factor * i for i in range(10)]
     assert {d.status for d in details} == {S.COMPLETED}
-    assert others() == []
+    assert other_tasks() == []
 
 
 class SyncCallable:
@@ -232,7 +217,7 @@ async def test_execute_lets_a_base_exception_of_the_function_through() -> None:
         assert signal.getsignal(signal.SIGINT) is leftovers.handler
     assert raised.value is exc
     assert calls == [0, 1, 2]
-    assert others() == []
+    assert other_tasks() == []
 
 
 @pytest.mark.parametrize("exc", BASE_EXCEPTIONS, ids=type)
@@ -267,7 +252,7 @@ async def test_cancelled_error_raised_by_the_function_is_retried_like_a_plain_er
     assert outputs == [0, 1, 2]
     assert [d.status for d in details] == [S.COMPLETED, S.COMPLETED_WITH_RETRIES, S.COMPLETED]
     assert details[1].exceptions == raised
-    assert others() == []
+    assert other_tasks() == []
 
 
 @pytest.mark.looptime
@@ -508,7 +493,7 @@ async def test_a_function_that_runs_an_executor_of_its_own() -> None:
         assert signal.getsignal(signal.SIGINT) is leftovers.handler
     assert outputs == [[10, 20], [20, 30], [30, 40]]
     assert {d.status for d in details} == {S.COMPLETED}
-    assert others() == []
+    assert other_tasks() == []
 
 
 @pytest.mark.looptime
@@ -523,7 +508,7 @@ async def test_one_executor_awaited_twice_side_by_side() -> None:
         assert signal.getsignal(signal.SIGINT) is leftovers.handler
     assert first[0] == [30, 10, 20]
     assert second[0] == [20, 10]
-    assert others() == []
+    assert other_tasks() == []
 
 
 @pytest.mark.looptime

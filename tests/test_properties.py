@@ -18,24 +18,15 @@ Profiles: ``ci`` (the default) and ``--hypothesis-profile=long``.
 from __future__ import annotations
 
 import asyncio
-import io
 import itertools
 import math
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any, ClassVar
-from unittest import mock
+from dataclasses import dataclass
+from typing import Any
 
-import looptime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tqdm.std import tqdm as std_tqdm
 
-import evalexec._progress
-from evalexec import Backoff, PhoenixException, RateLimitError
+from evalexec import Backoff
 from evalexec.executors import (
     AsyncExecutor,
     ExecutionDetails,
@@ -43,92 +34,35 @@ from evalexec.executors import (
     SyncExecutor,
     _unset,
 )
+from tests.fakes import (
+    ERROR,
+    EXCEPTION_TYPES,
+    HINT_SECONDS,
+    HINTED,
+    OK,
+    PHOENIX,
+    RETRIED_AS_ERRORS,
+    SLOW,
+    Item,
+    Plan,
+    ScheduledCall,
+    ScheduledProvider,
+    ScheduledSyncProvider,
+    TaggedTime,
+    assert_cleaned_up,
+    other_tasks,
+    output_for,
+    plans,
+    watched_run,
+)
+from tests.vtime import virtual_time_loop
 
 S = ExecutionStatus
 FINAL = (S.COMPLETED, S.COMPLETED_WITH_RETRIES, S.FAILED)
 
-# -- the schedule --------------------------------------------------------------------------
-
-OK = "ok"
-ERROR = "error"
-TRANSIENT = "transient"
-RATE_LIMIT = "rate_limit"
-HINTED = "hinted_rate_limit"
-PHOENIX = "phoenix"
-SLOW = "slow"
-
-RETRIED_AS_ERRORS = (ERROR, TRANSIENT, RATE_LIMIT, HINTED)
-HINT_SECONDS = 0.75
-# Delays of steps that end by themselves: all shorter than the shortest timeout drawn.
-DELAYS = (0.0, 0.1, 0.5, 0.75)
 TIMEOUTS = (1.0, 2.5, None)
 HANG_GUARD_SECONDS = 10.0**7
 FALLBACK = object()
-
-
-class FakeError(Exception):
-    """A plain error: retried at once."""
-
-
-class FakeTransientError(ConnectionResetError):
-    """A connection error: retried after a backoff delay."""
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    kind: str
-    delay: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """An input; its index tells the provider which schedule row to follow."""
-
-    index: int
-
-
-def output_for(index: int) -> str:
-    return f"out:{index}"
-
-
-def make_exception(kind: str, index: int, attempt: int) -> Exception:
-    message = f"{kind} on input {index}, attempt {attempt}"
-    if kind == ERROR:
-        return FakeError(message)
-    if kind == TRANSIENT:
-        return FakeTransientError(message)
-    if kind == RATE_LIMIT:
-        return RateLimitError(message)
-    if kind == HINTED:
-        return RateLimitError(message, retry_after=HINT_SECONDS)
-    if kind == PHOENIX:
-        return PhoenixException(message)
-    raise AssertionError(f"no exception for {kind!r}")
-
-
-EXCEPTION_TYPES: dict[str, type[BaseException]] = {
-    ERROR: FakeError,
-    TRANSIENT: FakeTransientError,
-    RATE_LIMIT: RateLimitError,
-    HINTED: RateLimitError,
-    PHOENIX: PhoenixException,
-    SLOW: TimeoutError,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The provider's behaviour: a schedule row per faulty input, `default` elsewhere.
-
-    Attempts past the end of a row take `default`, which is always a success.
-    """
-
-    rows: dict[int, tuple[Step, ...]]
-    default: Step
-
-    def step(self, index: int, attempt: int) -> Step:
-        row = self.rows.get(index, ())
-        return row[attempt] if attempt < len(row) else self.default
 
 
 # -- the oracle ----------------------------------------------------------------------------
@@ -176,154 +110,15 @@ def expect(plan: Plan, index: int, max_retries: int, *, timeouts: bool) -> Expec
 # -- strategies ----------------------------------------------------------------------------
 
 
-def steps(*, timeouts: bool) -> st.SearchStrategy[Step]:
-    kinds = [OK, ERROR, TRANSIENT, RATE_LIMIT, HINTED, PHOENIX] + ([SLOW] if timeouts else [])
-    return st.builds(Step, st.sampled_from(kinds), st.sampled_from(DELAYS))
-
-
-@st.composite
-def plans(draw: st.DrawFn, *, timeouts: bool) -> tuple[int, Plan]:
-    size = draw(st.one_of(st.integers(0, 12), st.integers(0, 300)))
-    rows: dict[int, tuple[Step, ...]] = {}
-    if size:
-        rows = draw(
-            st.dictionaries(
-                st.integers(0, size - 1),
-                st.lists(steps(timeouts=timeouts), min_size=1, max_size=8).map(tuple),
-                max_size=min(size, 24),
-            )
-        )
-    default = Step(OK, draw(st.sampled_from(DELAYS)))
-    return size, Plan(rows, default)
-
-
 backoffs = st.sampled_from((None, Backoff(), Backoff(initial=0.25, multiplier=3.0, jitter=0.0)))
 fallbacks = st.sampled_from((_unset, FALLBACK, None))
 bar_formats = st.sampled_from((None, "{l_bar}{bar}{r_bar}"))
 
 
-# -- what a run must leave behind ----------------------------------------------------------
-
-
-class RecordingBar(std_tqdm):  # type: ignore[type-arg]
-    """A real tqdm bar that draws into a buffer and remembers whether it was closed."""
-
-    monitor_interval = 0
-    opened: ClassVar[list[RecordingBar]] = []
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.close_calls = 0
-        kwargs.setdefault("file", io.StringIO())
-        super().__init__(*args, **kwargs)
-        RecordingBar.opened.append(self)
-
-    def close(self) -> None:
-        self.close_calls += 1
-        super().close()
-
-
-@dataclass
-class Leftovers:
-    """What the run must put back: the previous SIGINT handler, and every bar closed."""
-
-    handler: Any
-    bars: list[RecordingBar] = field(default_factory=list)
-
-
-def _previous_handler(signum: int, frame: FrameType | None) -> None:
-    raise AssertionError("the handler in place before the run was called")
-
-
-@contextmanager
-def watched_run() -> Iterator[Leftovers]:
-    """Install a known SIGINT handler and a recording bar; put everything back after."""
-    original = signal.signal(signal.SIGINT, _previous_handler)
-    RecordingBar.opened = []
-    leftovers = Leftovers(_previous_handler)
-    leftovers.bars = RecordingBar.opened
-    try:
-        with mock.patch.object(evalexec._progress, "tqdm", RecordingBar):
-            yield leftovers
-    finally:
-        signal.signal(signal.SIGINT, original)
-
-
-def assert_cleaned_up(leftovers: Leftovers, bar_format: str | None) -> None:
-    assert signal.getsignal(signal.SIGINT) is leftovers.handler
-    assert len(leftovers.bars) == (0 if bar_format is None else 1)
-    assert all(bar.close_calls >= 1 and bar.disable for bar in leftovers.bars)
-
-
-# -- the fake provider ---------------------------------------------------------------------
-
-
-@dataclass
-class Call:
-    index: int
-    attempt: int
-    step: Step
-    started: float
-    started_seq: int
-    ended: float | None = None
-    ended_seq: int | None = None
-    outcome: str | None = None
-    """"returned", "raised" or "cancelled"; None while in flight."""
-    exception: BaseException | None = None
-
-
-@dataclass
-class Provider:
-    """The async generation function: follows `plan`, records every call in order."""
-
-    plan: Plan
-    slow_seconds: float
-    calls: dict[int, list[Call]] = field(default_factory=dict)
-    seq: Iterator[int] = field(default_factory=itertools.count)
-    inflight: int = 0
-    max_inflight: int = 0
-
-    def _begin(self, item: Item, now: float) -> Call:
-        row = self.calls.setdefault(item.index, [])
-        attempt = len(row)
-        call = Call(item.index, attempt, self.plan.step(item.index, attempt), now, next(self.seq))
-        row.append(call)
-        return call
-
-    def _end(self, call: Call, outcome: str, now: float) -> None:
-        call.outcome = outcome
-        call.ended = now
-        call.ended_seq = next(self.seq)
-
-    async def __call__(self, item: Item) -> str:
-        loop = asyncio.get_running_loop()
-        call = self._begin(item, loop.time())
-        self.inflight += 1
-        self.max_inflight = max(self.max_inflight, self.inflight)
-        try:
-            kind = call.step.kind
-            await asyncio.sleep(self.slow_seconds if kind == SLOW else call.step.delay)
-            if kind in (OK, SLOW):
-                # A slow attempt that is not cut off returns a value that gives it away.
-                output = output_for(item.index) if kind == OK else f"late:{item.index}"
-                self._end(call, "returned", loop.time())
-                return output
-            call.exception = make_exception(kind, item.index, call.attempt)
-            self._end(call, "raised", loop.time())
-            raise call.exception
-        except asyncio.CancelledError:
-            self._end(call, "cancelled", loop.time())
-            raise
-        finally:
-            self.inflight -= 1
-
-    def all_calls(self) -> list[Call]:
-        return [call for row in self.calls.values() for call in row]
-
-
 # -- checks shared by both executors -------------------------------------------------------
 
 
-def check_logged(details: ExecutionDetails, calls: list[Call]) -> None:
+def check_logged(details: ExecutionDetails, calls: list[ScheduledCall]) -> None:
     """Each logged exception belongs, in order, to one call of this input."""
     assert len(details.exceptions) <= len(calls)
     for exc, call in zip(details.exceptions, calls, strict=False):
@@ -340,7 +135,7 @@ def check_input(
     index: int,
     output: Any,
     details: ExecutionDetails,
-    calls: list[Call],
+    calls: list[ScheduledCall],
     expected: Expected,
     fallback: Any,
     *,
@@ -407,34 +202,6 @@ async_settings = st.builds(
 )
 
 
-STEPS_PER_SECOND = 1_000_000
-_LoopTimeSelectorLoop: type[Any] = looptime.make_event_loop_class(asyncio.SelectorEventLoop)
-
-
-class _VirtualTimeLoop(_LoopTimeSelectorLoop):
-    """looptime's loop with every timer moved up to the next microsecond.
-
-    looptime's clock moves in whole microseconds. A timer due a float residue after a
-    step (``t + 0.75`` computed as ``t + 0.7500000000000001``) would be run at the
-    step before it, and code that waits "until loop.time() >= deadline" would sleep
-    for the residue again and again while the clock never moves. On a real clock,
-    time moves on by itself; here each timer lands on the step at or after it.
-    """
-
-    def call_at(
-        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
-    ) -> asyncio.TimerHandle:
-        on_step = math.ceil(when * STEPS_PER_SECOND) / STEPS_PER_SECOND
-        handle: asyncio.TimerHandle = super().call_at(on_step, callback, *args, context=context)
-        return handle
-
-
-def virtual_time_loop() -> asyncio.AbstractEventLoop:
-    """A fresh event loop on virtual time, starting at 0."""
-    loop: asyncio.AbstractEventLoop = _VirtualTimeLoop(start=0.0, resolution=1 / STEPS_PER_SECOND)
-    return loop
-
-
 @dataclass
 class AsyncResult:
     outputs: list[Any]
@@ -445,9 +212,11 @@ class AsyncResult:
     late_calls: int
 
 
-def run_async_example(config: AsyncSettings, size: int, plan: Plan) -> tuple[AsyncResult, Provider]:
+def run_async_example(
+    config: AsyncSettings, size: int, plan: Plan
+) -> tuple[AsyncResult, ScheduledProvider]:
     timeout = 60.0 if config.timeout is None else config.timeout
-    provider = Provider(plan, slow_seconds=3 * timeout)
+    provider = ScheduledProvider(plan, slow_seconds=3 * timeout)
     executor = AsyncExecutor(
         provider,
         concurrency=config.concurrency,
@@ -487,7 +256,7 @@ def run_async_example(config: AsyncSettings, size: int, plan: Plan) -> tuple[Asy
         except TimeoutError:
             raise AssertionError(f"the run hung ({HANG_GUARD_SECONDS} virtual seconds)") from None
         returned_at = loop.time()
-        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        pending = other_tasks()
         calls_at_return = len(provider.all_calls())
         await asyncio.sleep(1000.0)  # nothing may wake up after the run returned
         late = len(provider.all_calls()) - calls_at_return
@@ -503,7 +272,7 @@ def run_async_example(config: AsyncSettings, size: int, plan: Plan) -> tuple[Asy
 
 
 def check_async_run(
-    config: AsyncSettings, size: int, plan: Plan, result: AsyncResult, provider: Provider
+    config: AsyncSettings, size: int, plan: Plan, result: AsyncResult, provider: ScheduledProvider
 ) -> None:
     outputs, details = result.outputs, result.details
     assert len(outputs) == len(details) == size
@@ -578,49 +347,6 @@ def test_async_executor_matches_the_oracle_for_any_fault_schedule(
 # -- SyncExecutor --------------------------------------------------------------------------
 
 
-@dataclass
-class FakeTime:
-    """The sync executor's clock and sleep: sleeping moves the clock, nothing waits."""
-
-    now: float = 0.0
-    sleeps: list[tuple[int, float]] = field(default_factory=list)
-    current: int = -1
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds > 0
-        self.sleeps.append((self.current, seconds))
-        self.now += seconds
-
-
-@dataclass
-class SyncProvider:
-    """The plain generation function: follows `plan`, spends its delays on `time`."""
-
-    plan: Plan
-    time: FakeTime
-    calls: dict[int, list[Call]] = field(default_factory=dict)
-    seq: Iterator[int] = field(default_factory=itertools.count)
-
-    def __call__(self, item: Item) -> str:
-        row = self.calls.setdefault(item.index, [])
-        step = self.plan.step(item.index, len(row))
-        call = Call(item.index, len(row), step, self.time.now, next(self.seq))
-        row.append(call)
-        self.time.current = item.index
-        self.time.now += step.delay
-        call.ended = self.time.now
-        call.ended_seq = next(self.seq)
-        if step.kind == OK:
-            call.outcome = "returned"
-            return output_for(item.index)
-        call.outcome = "raised"
-        call.exception = make_exception(step.kind, item.index, call.attempt)
-        raise call.exception
-
-
 def expected_sleeps(
     plan: Plan, index: int, expected: Expected, backoff: Backoff | None
 ) -> list[tuple[float, float]]:
@@ -672,8 +398,8 @@ def test_sync_executor_matches_the_oracle_for_any_fault_schedule(
     config: SyncSettings, sized_plan: tuple[int, Plan]
 ) -> None:
     size, plan = sized_plan
-    fake_time = FakeTime()
-    provider = SyncProvider(plan, fake_time)
+    fake_time = TaggedTime()
+    provider = ScheduledSyncProvider(plan, fake_time)
     executor = SyncExecutor(
         provider,
         tqdm_bar_format=config.bar_format,
@@ -711,7 +437,7 @@ def test_sync_executor_matches_the_oracle_for_any_fault_schedule(
         )
         spent = sum(call.step.delay for call in row)
         assert math.isclose(details[index].execution_seconds, spent, abs_tol=1e-9)
-        sleeps = [seconds for owner, seconds in fake_time.sleeps if owner == index]
+        sleeps = [seconds for owner, seconds in fake_time.tagged if owner == index]
         bounds = expected_sleeps(plan, index, expected, config.backoff)
         assert len(sleeps) == len(bounds)
         assert all(low <= s <= high for s, (low, high) in zip(sleeps, bounds, strict=True))

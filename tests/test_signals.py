@@ -24,6 +24,7 @@ import pytest
 
 from evalexec import IncompleteRunError
 from evalexec.executors import AsyncExecutor, ExecutionStatus, SyncExecutor
+from tests.fakes import previous_sigint_handler
 
 SCRIPT = Path(__file__).parent / "scripts" / "interrupt.py"
 HANG_SECONDS = 60.0
@@ -139,17 +140,6 @@ def test_a_sync_executor_interrupted_once_runs_normally_next_time(tmp_path: Path
 # -- the handler of before the run is back, in-process -------------------------------------
 
 
-def _previous(signum: int, frame: FrameType | None) -> None:
-    raise AssertionError("not to be called")
-
-
-@pytest.fixture
-def previous_handler() -> Iterator[Any]:
-    original = signal.signal(signal.SIGINT, _previous)
-    yield _previous
-    signal.signal(signal.SIGINT, original)
-
-
 async def _async_identity(item: int) -> int:
     return item
 
@@ -174,7 +164,7 @@ class BrokenInputs:
 def test_async_run_restores_the_handler_after_a_normal_return(handler: str) -> None:
     original = signal.getsignal(signal.SIGINT)
     if handler == "custom":
-        signal.signal(signal.SIGINT, _previous)
+        signal.signal(signal.SIGINT, previous_sigint_handler)
     before = signal.getsignal(signal.SIGINT)
     try:
         outputs, _ = AsyncExecutor(_async_identity).run([1, 2])

@@ -10,10 +10,9 @@ import logging
 import os
 import re
 import signal
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -21,7 +20,15 @@ from evalexec import IncompleteRunError
 from evalexec._retry import Backoff
 from evalexec.exceptions import PhoenixException, RateLimitError
 from evalexec.executors import ExecutionDetails, ExecutionStatus, SyncExecutor, _unset
-from tests.fakes import FakeError, FakeGenerate, FakeTime, SizedOnly, output_for
+from tests.fakes import (
+    FakeError,
+    FakeGenerate,
+    FakeTime,
+    RecordingBar,
+    SizedOnly,
+    in_thread,
+    output_for,
+)
 
 S = ExecutionStatus
 NO_JITTER = Backoff(initial=1.0, maximum=60.0, multiplier=2.0, jitter=0.0)
@@ -569,26 +576,14 @@ def test_no_handler_is_installed_when_termination_signal_is_none() -> None:
 
 def test_no_handler_is_installed_off_the_main_thread() -> None:
     seen: list[object] = []
-    results: list[tuple[list[Any], list[ExecutionDetails]]] = []
-    errors: list[BaseException] = []
     before = signal.getsignal(signal.SIGINT)
 
     def gen(item: int) -> int:
         seen.append(signal.getsignal(signal.SIGINT))
         return item
 
-    def target() -> None:
-        time = FakeTime()
-        try:
-            results.append(executor(gen, time).run([1, 2]))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    assert errors == []
-    assert results[0][0] == [1, 2]
+    outputs, _ = in_thread(lambda: executor(gen, FakeTime()).run([1, 2]))
+    assert outputs == [1, 2]
     assert seen == [before, before]
 
 
@@ -614,72 +609,34 @@ def test_a_failure_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> N
 # -- progress -----------------------------------------------------------------------------
 
 
-class FakeBar:
-    """Stands in for `tqdm.auto.tqdm`: records the bars made, their updates and closes."""
-
-    made: ClassVar[list[FakeBar]] = []
-    written: ClassVar[list[str]] = []
-
-    def __init__(self, total: int | None, bar_format: str | None) -> None:
-        self.total = total
-        self.bar_format = bar_format
-        self.updates = 0
-        self.closed = 0
-        self.postfix: str | None = None
-        FakeBar.made.append(self)
-
-    def update(self, n: int = 1) -> None:
-        self.updates += n
-
-    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        self.postfix = text
-
-    def close(self) -> None:
-        self.closed += 1
-
-    @classmethod
-    def write(cls, message: str, file: Any = None) -> None:
-        cls.written.append(message)
-
-
-@pytest.fixture
-def bars(monkeypatch: pytest.MonkeyPatch) -> type[FakeBar]:
-    from evalexec import _progress
-
-    monkeypatch.setattr(FakeBar, "made", [])
-    monkeypatch.setattr(FakeBar, "written", [])
-    monkeypatch.setattr(_progress, "tqdm", FakeBar)
-    return FakeBar
-
-
-def test_the_bar_counts_every_input_and_is_closed_with_a_summary(bars: type[FakeBar]) -> None:
+def test_the_bar_counts_every_input_and_is_closed_with_a_summary(bars: type[RecordingBar]) -> None:
     time = FakeTime()
     fake = TimedFake(time, {"b": [("error", 1.0), ("ok", 1.0)]}, default=("ok", 1.5))
     executor(fake, time, tqdm_bar_format="{bar}").run(["a", "b", "c"])
-    [bar] = bars.made
-    assert (bar.total, bar.bar_format, bar.updates, bar.closed) == (3, "{bar}", 3, 1)
+    [bar] = bars.opened
+    assert (bar.total, bar.bar_format, bar.n, bar.close_calls) == (3, "{bar}", 3, 1)
     assert bar.postfix == "retries=1"
-    assert bars.written == [
+    assert bars.lines == [
         "evalexec: 2 completed, 1 completed with retries, 0 failed, 0 did not run; 1 retries; 5.0 s"
     ]
 
 
-def test_no_bar_is_made_without_a_bar_format(bars: type[FakeBar]) -> None:
+def test_no_bar_is_made_without_a_bar_format(bars: type[RecordingBar]) -> None:
     time = FakeTime()
     executor(TimedFake(time), time).run(["a"])
-    assert bars.made == []
-    assert bars.written == []
+    assert bars.opened == []
+    assert bars.lines == []
 
 
-def test_the_bar_is_closed_when_the_run_raises(bars: type[FakeBar]) -> None:
+def test_the_bar_is_closed_when_the_run_raises(bars: type[RecordingBar]) -> None:
     def gen(item: int) -> int:
         raise KeyboardInterrupt
 
     time = FakeTime()
     with pytest.raises(KeyboardInterrupt):
         executor(gen, time, tqdm_bar_format="{bar}").run([1, 2])
-    [bar] = bars.made
-    assert (bar.updates, bar.closed) == (0, 1)
+    [bar] = bars.opened
+    assert (bar.n, bar.close_calls) == (0, 1)
 
 
 def test_a_stream_holds_the_handler_only_while_it_runs_not_while_the_reader_does() -> None:

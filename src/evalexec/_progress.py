@@ -8,6 +8,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+# The module attribute `tqdm` is the progress bar's test seam: `Progress` looks it up
+# here at each use, so tests put a recording bar in its place with
+# `monkeypatch.setattr(evalexec._progress, "tqdm", ...)` (tests/conftest.py `bars`,
+# tests/fakes.py `watched_run`). Keep it a module attribute, looked up at call time.
 from tqdm.auto import tqdm
 
 from evalexec._details import ExecutionStatus
