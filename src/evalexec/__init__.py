@@ -5,7 +5,7 @@ Swap ``from phoenix.evals.executors import AsyncExecutor`` for
 """
 
 from evalexec._checkpoint import Checkpoint, CheckpointError, RecordedError
-from evalexec._engine import IncompleteRunError
+from evalexec._engine import IncompleteRunError, RunSnapshot
 from evalexec._retry import Backoff
 from evalexec.exceptions import (
     ErrorKind,
@@ -47,6 +47,7 @@ __all__ = [
     "PhoenixException",
     "RateLimitError",
     "RecordedError",
+    "RunSnapshot",
     "SyncExecutor",
     "Unset",
     "__version__",

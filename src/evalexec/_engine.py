@@ -15,17 +15,20 @@ retried), `_controller` (the adaptive target), `_gate` (who may start now).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from evalexec import _messages as say
 from evalexec._checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from evalexec._controller import ConcurrencyController
-from evalexec._details import ExecutionDetails
+from evalexec._details import ExecutionDetails, ExecutionStatus
 from evalexec._gate import Gate
 from evalexec._messages import StopReason
 from evalexec._progress import Progress
@@ -33,7 +36,15 @@ from evalexec._retry import Backoff, decide
 from evalexec._signals import termination_handler
 from evalexec.exceptions import ErrorKind
 
-__all__ = ["IncompleteRunError", "OnFinal", "Run", "RunConfig", "drive", "raise_for"]
+__all__ = [
+    "IncompleteRunError",
+    "OnFinal",
+    "Run",
+    "RunConfig",
+    "RunSnapshot",
+    "drive",
+    "raise_for",
+]
 
 OnFinal = Callable[[int, Any, ExecutionDetails], None]
 
@@ -85,6 +96,25 @@ class RunConfig:
     check_output: Callable[[Any], None] | None = None  # raises if an output is a misuse
 
 
+@dataclass(frozen=True, slots=True)
+class RunSnapshot:
+    """A run as it is at one moment: what `executor.snapshot()` returns."""
+
+    __module__ = "evalexec"
+
+    target: int  # the most calls allowed in flight now (controller, ceiling)
+    inflight: int  # calls in flight
+    total: int | None  # inputs of the run (None for a stream of unknown length)
+    counts: dict[str, int]  # inputs per status value; "DID NOT RUN" = not final yet
+    retries: int
+    rate_limits: int  # attempts the provider refused for its rate limit
+    cooldown_seconds: float  # left of a provider's pause (0 when none)
+    paused: bool  # paused from code (`executor.pause()`)
+    elapsed_seconds: float
+    eta_seconds: float | None  # at the pace so far; None before the first input is final
+    stop: StopReason | None  # why the run is stopping, or None while it goes on
+
+
 class _Work:
     """One input in play: its index, its value, and its attempt counts so far."""
 
@@ -115,11 +145,12 @@ class _Steering:
     ``inactive_check_interval`` seconds while the run lasts.
     """
 
-    __slots__ = ("_controller", "_gate", "_observe", "_own", "_poll")
+    __slots__ = ("_controller", "_gate", "_observe", "_own", "_poll", "ceiling")
 
     def __init__(self, controller: Any, gate: Gate, loop: asyncio.AbstractEventLoop) -> None:
         self._controller = controller
         self._gate = gate
+        self.ceiling = gate.limit  # the most calls in flight the run allows (set_concurrency)
         self._own = isinstance(controller, ConcurrencyController)
         self._observe: Callable[[int], None] | None = getattr(controller, "observe_inflight", None)
         self._poll: asyncio.TimerHandle | None = None
@@ -130,7 +161,14 @@ class _Steering:
                 self._poll = loop.call_later(interval, self._look_again, loop, interval)
 
     def follow(self) -> None:
-        self._gate.limit = int(self._controller.target_concurrency)
+        target = self.ceiling
+        if self._controller is not None:
+            target = min(target, int(self._controller.target_concurrency))
+        self._gate.limit = target
+
+    def set_ceiling(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.follow()
 
     def _look_again(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.follow()
@@ -209,6 +247,7 @@ class Run:
         self.retries = 0
         self.rate_limits = 0
         self.failures = 0
+        self.final_counts: Counter[ExecutionStatus] = Counter()  # inputs final, per status
         self.delayed: dict[int, asyncio.TimerHandle] = {}  # retries waiting out a backoff
         self.attempting: set[asyncio.Task[None]] = set()  # workers inside an attempt
         self.progress = Progress(total, config.bar_format, self.status_text, loop.time)
@@ -289,6 +328,7 @@ class Run:
 
     def _final(self, index: int, output: Any, details: ExecutionDetails) -> None:
         self.finished += 1
+        self.final_counts[details.status] += 1
         if self.release_room:
             self.room.release()
         self.on_final(index, output, details)
@@ -447,6 +487,53 @@ class Run:
     def on_signal(self, announce: bool) -> bool:
         self.loop.call_soon_threadsafe(self.interrupt, announce)
         return False
+
+    # -- control from code: each is safe from any thread, and takes effect on the loop ---
+    def _soon(self, action: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the run is over
+            self.loop.call_soon_threadsafe(action)
+
+    def pause(self) -> None:
+        self._soon(self.gate.hold)
+
+    def resume(self) -> None:
+        self._soon(self.gate.resume)
+
+    def cancel(self) -> None:
+        self._soon(self._cancel_now)
+
+    def _cancel_now(self) -> None:
+        if self.stop is None:
+            say.cancelled(self.progress.write)
+        self.end("interrupted")
+
+    def set_concurrency(self, ceiling: int) -> None:
+        self._soon(partial(self.steering.set_ceiling, ceiling))
+
+    def snapshot(self) -> RunSnapshot:
+        """The run now, as a frozen record (safe to call from any thread: it only reads)."""
+        elapsed = self.loop.time() - self.started_at
+        total = self.total
+        eta = None
+        if total is not None and self.finished and self.stop is None:
+            eta = elapsed / self.finished * (total - self.finished)
+        counts = {status.value: self.final_counts[status] for status in ExecutionStatus}
+        counts[ExecutionStatus.DID_NOT_RUN.value] = (
+            total - self.finished if total is not None else self.produced - self.finished
+        )
+        return RunSnapshot(
+            target=self.gate.limit,
+            inflight=self.inflight,
+            total=total,
+            counts=counts,
+            retries=self.retries,
+            rate_limits=self.rate_limits,
+            cooldown_seconds=self.gate.pause_remaining(),
+            paused=self.gate.held,
+            elapsed_seconds=elapsed,
+            eta_seconds=eta,
+            stop=self.stop,
+        )
 
     def status_text(self) -> str:
         parts = [f"target={self.gate.limit}", f"inflight={self.inflight}"]

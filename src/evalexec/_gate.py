@@ -30,7 +30,7 @@ class Gate:
     is free for it, so waking never makes ``borrowed`` pass ``limit``.
     """
 
-    __slots__ = ("_borrowed", "_limit", "_loop", "_paused_until", "_timer", "_waiters")
+    __slots__ = ("_borrowed", "_held", "_limit", "_loop", "_paused_until", "_timer", "_waiters")
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -41,6 +41,7 @@ class Gate:
         self._waiters: deque[asyncio.Future[None]] = deque()  # in arrival order
         self._paused_until = -math.inf  # loop time before which no permit is handed out
         self._timer: asyncio.TimerHandle | None = None  # wakes waiters when a pause ends
+        self._held = False  # paused from code (`hold`) until `resume`, however long
 
     # -- the limit ----------------------------------------------------------------------
     @property
@@ -84,7 +85,19 @@ class Gate:
         return max(0.0, self._paused_until - self._loop.time())
 
     def paused(self) -> bool:
-        return self._paused_until > self._loop.time()
+        return self._held or self._paused_until > self._loop.time()
+
+    def hold(self) -> None:
+        """Hand out no permit until `resume` (a pause asked for from code)."""
+        self._held = True
+
+    def resume(self) -> None:
+        self._held = False
+        self._wake()
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def _pause_ended(self) -> None:
         self._timer = None

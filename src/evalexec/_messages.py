@@ -15,6 +15,7 @@ from evalexec.exceptions import describe_error
 
 __all__ = [
     "StopReason",
+    "cancelled",
     "describe",
     "failed",
     "inputs_fewer_than_len",
@@ -45,6 +46,10 @@ def interrupted(write: Callable[[str], None]) -> None:
         "evalexec: interrupted; returning the outputs finished so far "
         "(the rest are DID NOT RUN). Press Ctrl-C again to abort at once."
     )
+
+
+def cancelled(write: Callable[[str], None]) -> None:
+    write("evalexec: cancelled; returning the outputs finished so far (the rest are DID NOT RUN).")
 
 
 def stopped_early(write: Callable[[str], None], reason: str, cause: str) -> None:

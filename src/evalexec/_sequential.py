@@ -13,6 +13,7 @@ import inspect
 import math
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any, NoReturn
@@ -20,7 +21,7 @@ from typing import Any, NoReturn
 from evalexec import _messages as say
 from evalexec._checkpoint import CheckpointError, CheckpointStore
 from evalexec._details import ExecutionDetails, ExecutionStatus
-from evalexec._engine import IncompleteRunError, RunConfig
+from evalexec._engine import IncompleteRunError, RunConfig, RunSnapshot
 from evalexec._messages import StopReason
 from evalexec._progress import Progress
 from evalexec._retry import decide
@@ -47,6 +48,65 @@ class Sequential:
         self.sleep = sleep
         self.stop: StopReason | None = None
         self.in_call = False  # a call (or a backoff sleep) is on the stack right now
+        self.resumed = threading.Event()  # cleared by `pause` from code, set by `resume`
+        self.resumed.set()
+        # What `snapshot` reads (from any thread): plain counters, written by this run.
+        self.total: int | None = None
+        self.started = clock()
+        self.finished = 0
+        self.final_counts: Counter[ExecutionStatus] = Counter()
+        self.retries = 0
+
+    # -- control from code (any thread) -------------------------------------------------
+    def pause(self) -> None:
+        self.resumed.clear()
+
+    def resume(self) -> None:
+        self.resumed.set()
+
+    def cancel(self) -> None:
+        """As a first Ctrl-C: nothing new starts (the call in progress runs to its end)."""
+        if self.stop is None:
+            say.cancelled(self.write)
+            self.stop = "interrupted"
+        self.resumed.set()
+
+    def set_concurrency(self, ceiling: int) -> None:
+        raise ValueError(
+            "a sequential SyncExecutor makes one call at a time; create it with "
+            "concurrency=N to run N calls at once on threads"
+        )
+
+    def snapshot(self) -> RunSnapshot:
+        elapsed = self.clock() - self.started
+        total, finished = self.total, self.finished
+        counts = {status.value: self.final_counts[status] for status in ExecutionStatus}
+        if total is not None:
+            counts[ExecutionStatus.DID_NOT_RUN.value] = total - finished
+        eta = None
+        if total is not None and finished and self.stop is None:
+            eta = elapsed / finished * (total - finished)
+        return RunSnapshot(
+            target=1,
+            inflight=int(self.in_call),
+            total=total,
+            counts=counts,
+            retries=self.retries,
+            rate_limits=0,
+            cooldown_seconds=0.0,
+            paused=not self.resumed.is_set(),
+            elapsed_seconds=elapsed,
+            eta_seconds=eta,
+            stop=self.stop,
+        )
+
+    def wait_resumed(self) -> None:
+        """Wait while paused from code; a Ctrl-C (or `cancel`) ends the wait."""
+        self.in_call = True
+        try:
+            self.resumed.wait()
+        finally:
+            self.in_call = False
 
     def handler(self) -> AbstractContextManager[bool]:
         return termination_handler(self.config.termination_signal, self.on_signal, Interrupted)
@@ -77,14 +137,16 @@ class Sequential:
         config = self.config
         clock = self.clock
         generate = config.function
-        started = clock()
+        started = self.started = clock()
+        self.total = total
         stop_at = math.inf if config.deadline is None else started + config.deadline
-        retries = 0
+        resumed = self.resumed
+        final_counts = self.final_counts
         drawn = 0
         completed = ExecutionStatus.COMPLETED
         unchecked = True  # the first output tells whether the function is async by mistake
         checkpoint: CheckpointStore | None = None
-        progress = Progress(total, config.bar_format, lambda: f"retries={retries}", clock)
+        progress = Progress(total, config.bar_format, lambda: f"retries={self.retries}", clock)
         self.write = progress.write  # type: ignore[method-assign]
         handler = ExitStack()  # ours while this generator runs, not while it is suspended
         try:
@@ -111,6 +173,11 @@ class Sequential:
                         if total is not None and index >= total:
                             say.inputs_more_than_len(total)
                             break
+                        if not resumed.is_set():
+                            try:
+                                self.wait_resumed()
+                            except Interrupted:
+                                break
                         if self.stop is not None:
                             break
                         drawn += 1
@@ -146,7 +213,7 @@ class Sequential:
                                 finished, output, tries = self.retry(
                                     index, item, record, stop_at, error
                                 )
-                                retries += tries
+                                self.retries += tries
                                 if not finished:
                                     break
                             if checkpoint is not None:
@@ -156,6 +223,8 @@ class Sequential:
                                     stopped_by(exc, outputs, details)
                         if outputs is not None:
                             outputs[index] = output
+                        self.finished += 1
+                        final_counts[record.status] += 1
                         progress.advance(record.status)
                         if stream:
                             handler.close()  # a stream left open never keeps our handler
@@ -171,7 +240,7 @@ class Sequential:
                             checkpoint.close()
                     finally:
                         inputs_seen = drawn if total is None else total
-                        progress.close(inputs_seen, retries, clock() - started)
+                        progress.close(inputs_seen, self.retries, clock() - started)
         finally:
             self.in_call = False
             if self.stop == "deadline":
@@ -200,7 +269,7 @@ class Sequential:
             errors += 1
             wait = max(verdict.delay, verdict.cooldown or 0.0)
             say.retrying(index, errors, say.describe(error), wait)
-            if wait > 0 and not self.pause(min(wait, stop_at - self.clock())):
+            if wait > 0 and not self.wait_to_retry(min(wait, stop_at - self.clock())):
                 return False, None, errors
             if self.clock() >= stop_at:
                 self.stop = "deadline"
@@ -232,7 +301,7 @@ class Sequential:
             self.in_call = False
             details.execution_seconds += clock() - start
 
-    def pause(self, seconds: float) -> bool:
+    def wait_to_retry(self, seconds: float) -> bool:
         """Sleep between attempts; False if the run was asked to stop, before or during it."""
         if self.stop is not None:
             return False

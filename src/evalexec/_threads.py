@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from evalexec._details import ExecutionDetails
-from evalexec._engine import WINDOW_PER_WORKER, OnFinal, Run, RunConfig, drive
+from evalexec._engine import WINDOW_PER_WORKER, OnFinal, Run, RunConfig, RunSnapshot, drive
 from evalexec._loops import run_on_new_loop
 from evalexec._signals import termination_handler
 
@@ -138,6 +138,28 @@ class RunHandle:
         """The caller gave up (a second Ctrl-C, a closed stream): stop, without waiting."""
         self.on_signal(False)
 
+    # -- control from code: the run's own, once it has started --------------------------
+    def _started(self) -> Run:
+        run = self.run
+        if run is None:
+            raise RuntimeError("the run has not started yet")
+        return run
+
+    def pause(self) -> None:
+        self._started().pause()
+
+    def resume(self) -> None:
+        self._started().resume()
+
+    def cancel(self) -> None:
+        self._started().cancel()
+
+    def set_concurrency(self, ceiling: int) -> None:
+        self._started().set_concurrency(ceiling)
+
+    def snapshot(self) -> RunSnapshot:
+        return self._started().snapshot()
+
 
 def call_soon(run: Run, callback: Callable[[], Any]) -> None:
     with contextlib.suppress(RuntimeError):  # the run's loop has closed: nothing to do
@@ -180,13 +202,13 @@ def drive_on_thread(
     total: int | None,
     details: list[ExecutionDetails] | None,
     on_final: OnFinal,
+    handle: RunHandle,
 ) -> Run:
     """Drive a threaded run on a thread of its own and wait for it.
 
     The calling thread (any thread, with or without a running loop) holds the
     termination handler, if it is the main thread, and forwards the signal.
     """
-    handle = RunHandle()
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -210,7 +232,7 @@ def drive_on_thread(
 
 
 def stream_on_thread(
-    config: RunConfig, inputs: Iterable[Any], total: int | None
+    config: RunConfig, inputs: Iterable[Any], total: int | None, handle: RunHandle
 ) -> Generator[tuple[int, Any, ExecutionDetails], None, None]:
     """A threaded run's results as a plain iterator, each as soon as it is final.
 
@@ -219,7 +241,6 @@ def stream_on_thread(
     """
     results: queue.SimpleQueue[tuple[int, Any, ExecutionDetails] | None] = queue.SimpleQueue()
     room = asyncio.Semaphore(WINDOW_PER_WORKER * config.concurrency)
-    handle = RunHandle()
     box: dict[str, Any] = {}
 
     def emit(index: int, output: Any, details: ExecutionDetails) -> None:

@@ -12,12 +12,14 @@ for ``phoenix.evals.executors``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Protocol
 
@@ -33,7 +35,7 @@ from evalexec._checks import (
 from evalexec._controller import ConcurrencyController, ControllerLike, adaptive_controller
 from evalexec._details import ExecutionDetails, ExecutionStatus, Unset
 from evalexec._details import _unset as _unset
-from evalexec._engine import WINDOW_PER_WORKER, Run, RunConfig, drive, raise_for
+from evalexec._engine import WINDOW_PER_WORKER, Run, RunConfig, RunSnapshot, drive, raise_for
 from evalexec._loops import (
     refuse_nested_loop,
     results_kept,
@@ -90,10 +92,99 @@ def _controller_for(
 
 
 # --------------------------------------------------------------------------------------
+# Control from code, the same for both executors
+
+
+class _Steerable(Protocol):
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def cancel(self) -> None: ...
+    def set_concurrency(self, ceiling: int) -> None: ...
+    def snapshot(self) -> RunSnapshot: ...
+
+
+class _LiveRuns:
+    """The runs of one executor in progress (several threads may each run one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: list[_Steerable] = []
+
+    @contextmanager
+    def tracking(self, run: _Steerable) -> Iterator[None]:
+        with self._lock:
+            self._runs.append(run)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs.remove(run)
+
+    def each(self, action: Callable[[_Steerable], None]) -> int:
+        with self._lock:
+            runs = list(self._runs)
+        for run in runs:
+            with contextlib.suppress(RuntimeError):  # not started yet, or already over
+                action(run)
+        return len(runs)
+
+    def newest(self) -> _Steerable:
+        with self._lock:
+            if not self._runs:
+                raise RuntimeError(
+                    "no run of this executor is in progress: snapshot() describes a run "
+                    "while run(), execute() or stream() goes on (call it from another "
+                    "thread, or from a task beside execute())"
+                )
+            return self._runs[-1]
+
+
+class _Controls:
+    """Steer the runs of an executor while they go on, from any thread.
+
+    Each method acts on every run of this executor in progress and returns how many it
+    reached; with none in progress it does nothing and returns 0.
+    """
+
+    _live: _LiveRuns
+    concurrency: int
+
+    def pause(self) -> int:
+        """Start no new call until `resume()`; calls already in flight go on."""
+        return self._live.each(lambda run: run.pause())
+
+    def resume(self) -> int:
+        """Undo `pause()`."""
+        return self._live.each(lambda run: run.resume())
+
+    def cancel(self) -> int:
+        """Stop as a first Ctrl-C does: nothing new starts, finished outputs are kept and
+        returned, the rest are DID NOT RUN."""
+        return self._live.each(lambda run: run.cancel())
+
+    def set_concurrency(self, concurrency: int) -> int:
+        """A new ceiling on calls in flight, from 1 to the executor's `concurrency`
+        (the adaptive controller stays below it). Not for a sequential SyncExecutor."""
+        check_int("concurrency", concurrency, 1)
+        if concurrency > self.concurrency:
+            raise ValueError(
+                f"set_concurrency({concurrency}) is above this executor's concurrency "
+                f"({self.concurrency}), the number of its workers; create it with a larger "
+                "concurrency to allow more"
+            )
+        return self._live.each(lambda run: run.set_concurrency(concurrency))
+
+    def snapshot(self) -> RunSnapshot:
+        """The newest run in progress, now: target, in flight, counts per status, retries,
+        rate limits, cooldown left, elapsed, ETA. RuntimeError when no run is in progress."""
+        return self._live.newest().snapshot()
+
+
+# --------------------------------------------------------------------------------------
 # AsyncExecutor
 
 
-class AsyncExecutor:
+class AsyncExecutor(_Controls):
     """Run a coroutine function over many inputs, concurrently, with retries.
 
     Args:
@@ -154,6 +245,7 @@ class AsyncExecutor:
         self.timeout: float = timeout_seconds(timeout)
         self.backoff = backoff
         self.deadline = deadline_seconds(deadline)
+        self._live = _LiveRuns()
         self._concurrency_controller: Any = _controller_for(
             enable_dynamic_concurrency,
             self.concurrency,
@@ -180,7 +272,9 @@ class AsyncExecutor:
         def keep(index: int, output: Any, _details: ExecutionDetails) -> None:
             outputs[index] = output
 
-        run = await drive(self._config(), inputs, total, details, keep)
+        handle = RunHandle()
+        with self._live.tracking(handle):
+            run = await drive(self._config(), inputs, total, details, keep, started=handle.attach)
         raise_for(run, outputs, details)
         return outputs, details
 
@@ -224,23 +318,24 @@ class AsyncExecutor:
                 results.put_nowait(None)
 
         driver = asyncio.get_running_loop().create_task(drive_stream())
-        try:
-            while True:
-                # The handler is ours only while we wait for the next result: a stream
-                # left open, or dropped unclosed, never keeps it installed.
-                with termination_handler(self.termination_signal, remote.on_signal):
-                    result = await results.get()
-                if result is None:
-                    break
-                yield result
-                room.release()
-            await driver
-            if ended and ended[0].error is not None:
-                raise ended[0].error
-        finally:
-            if not driver.done():
-                driver.cancel()
-                await asyncio.gather(driver, return_exceptions=True)
+        with self._live.tracking(remote):
+            try:
+                while True:
+                    # The handler is ours only while we wait for the next result: a stream
+                    # left open, or dropped unclosed, never keeps it installed.
+                    with termination_handler(self.termination_signal, remote.on_signal):
+                        result = await results.get()
+                    if result is None:
+                        break
+                    yield result
+                    room.release()
+                await driver
+                if ended and ended[0].error is not None:
+                    raise ended[0].error
+            finally:
+                if not driver.done():
+                    driver.cancel()
+                    await asyncio.gather(driver, return_exceptions=True)
 
     # -- roles (kept from Phoenix's executor: the run's two kinds of task) ----------------
     async def producer(self, run: Run, inputs: Iterable[Any]) -> None:
@@ -273,7 +368,7 @@ class AsyncExecutor:
 # SyncExecutor
 
 
-class SyncExecutor:
+class SyncExecutor(_Controls):
     """Run a plain function over many inputs, with retries: one call at a time in the
     calling thread, or `concurrency` calls at once on worker threads.
 
@@ -331,6 +426,7 @@ class SyncExecutor:
         self.deadline = deadline_seconds(deadline)
         self._clock = clock
         self._sleep = sleep
+        self._live = _LiveRuns()
         self._concurrency_controller: Any = _controller_for(
             enable_dynamic_concurrency and self.threaded,
             self.concurrency,
@@ -352,12 +448,15 @@ class SyncExecutor:
                 def keep(index: int, output: Any, _details: ExecutionDetails) -> None:
                     outputs[index] = output
 
-                run = drive_on_thread(self._config(), inputs, total, details, keep)
+                handle = RunHandle()
+                with self._live.tracking(handle):
+                    run = drive_on_thread(self._config(), inputs, total, details, keep, handle)
                 raise_for(run, outputs, details)
             else:
                 sequential = Sequential(self._config(), self._clock, self._sleep)
-                for _ in sequential.steps(inputs, total, details, outputs, stream=False):
-                    pass
+                with self._live.tracking(sequential):
+                    for _ in sequential.steps(inputs, total, details, outputs, stream=False):
+                        pass
             return outputs, details
 
     def stream(
@@ -366,10 +465,13 @@ class SyncExecutor:
         """Yield ``(index, output, details)`` for each input as soon as it is final."""
         total = stream_len(inputs)
         if self.threaded:
-            yield from stream_on_thread(self._config(), inputs, total)
+            handle = RunHandle()
+            with self._live.tracking(handle):
+                yield from stream_on_thread(self._config(), inputs, total, handle)
         else:
             sequential = Sequential(self._config(), self._clock, self._sleep)
-            yield from sequential.steps(inputs, total, None, None, stream=True)
+            with self._live.tracking(sequential):
+                yield from sequential.steps(inputs, total, None, None, stream=True)
 
     def _config(self) -> RunConfig:
         return RunConfig(
