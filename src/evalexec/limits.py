@@ -302,9 +302,11 @@ class _Schedule:
 
     def _forget(self, now: float) -> None:
         """Drop the starts that no window ending now or later contains."""
-        horizon = now - self.budgets.period
+        period = self.budgets.period
         log = self.log
-        while log and log[0].start <= horizon:
+        # `start + period <= now`, the very expression `earliest` waits for, so that a
+        # start it scheduled at `start + period` always finds `start` gone.
+        while log and log[0].start + period <= now:
             entry = log.popleft()
             self.total -= entry.tokens
             del self.by_id[entry.id]
@@ -394,13 +396,17 @@ class LocalLimiter:
         try:
             if queue[0] is not turn:
                 await turn  # set when every earlier acquire has left the queue
+            due = -math.inf  # the time our timer was set for, once it has fired
             while True:
                 self._raise_if_stopped()
                 now = loop.time()
                 when = self._earliest(tokens, now)
-                if when is not None and when <= now:
-                    return self._grant(tokens, now)
-                await self._doze(loop, when)
+                if when is not None and when <= max(now, due):
+                    # A loop may fire a timer a clock tick early (asyncio allows its
+                    # clock resolution; a virtual clock rounds to its ticks): the start
+                    # is counted at the time it was due, never earlier.
+                    return self._grant(tokens, max(now, when))
+                due = await self._doze(loop, when)
         finally:
             self._leave(turn)
 
@@ -448,10 +454,19 @@ class LocalLimiter:
         self._live[permit.id] = permit
         return permit
 
-    async def _doze(self, loop: asyncio.AbstractEventLoop, when: float | None) -> None:
+    async def _doze(self, loop: asyncio.AbstractEventLoop, when: float | None) -> float:
+        """Sleep until `when` (None: until poked); return `when` if the timer woke us,
+        -inf if something changed first."""
         wake: asyncio.Future[None] = loop.create_future()
         self._wake = wake
-        timer = None if when is None else loop.call_at(when, _resolve, wake)
+        fired: list[float] = []
+
+        def ring() -> None:
+            if not wake.done():
+                fired.append(when)  # type: ignore[arg-type]
+                wake.set_result(None)
+
+        timer = None if when is None else loop.call_at(when, ring)
         try:
             await wake
         finally:
@@ -459,6 +474,7 @@ class LocalLimiter:
                 timer.cancel()
             if self._wake is wake:
                 self._wake = None
+        return fired[0] if fired else -math.inf
 
     def _poke(self) -> None:
         if self._wake is not None:
