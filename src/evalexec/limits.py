@@ -390,8 +390,13 @@ class LocalLimiter:
         tokens = _check_cost(self.budgets, cost)
         self._raise_if_stopped()
         loop = asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
         queue = self._queue
+        if not queue:  # nobody waiting: no need to queue when the budgets allow it now
+            now = loop.time()
+            when = self._earliest(tokens, now)
+            if when is not None and when <= now:
+                return self._grant(tokens, now)
+        turn: asyncio.Future[None] = loop.create_future()
         queue.append(turn)
         try:
             if queue[0] is not turn:
