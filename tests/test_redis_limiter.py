@@ -23,7 +23,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -67,6 +67,21 @@ def own_server(redis_binary: str) -> Iterator[RedisServer]:
     server = start_server(redis_binary, unix=True)
     yield server
     server.close()
+
+
+@pytest.fixture
+async def make() -> AsyncIterator[Callable[..., RedisLimiter]]:
+    """Build limiters that are closed at the end of the test, even when it fails."""
+    made: list[RedisLimiter] = []
+
+    def make(*args: Any, **kwargs: Any) -> RedisLimiter:
+        limiter = RedisLimiter(*args, **kwargs)
+        made.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in made:
+        await limiter.aclose()
 
 
 @pytest.fixture
@@ -126,9 +141,9 @@ def test_bad_settings_are_refused_with_a_message_naming_them(
 
 
 async def test_the_limiter_pickles_as_a_spec_without_its_connection(
-    redis_server: RedisServer, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, key: str
 ) -> None:
-    limiter = RedisLimiter(redis_server.url, key, rpm=100, max_inflight=3, lease_seconds=2)
+    limiter = make(redis_server.url, key, rpm=100, max_inflight=3, lease_seconds=2)
     limiter.release(await limiter.acquire())
     copy = pickle.loads(pickle.dumps(limiter))
     assert copy._link_ is None
@@ -186,13 +201,13 @@ def test_processes_sharing_a_budget_never_exceed_it_in_any_window_and_share_it_f
 
 
 async def test_the_slots_of_a_killed_process_come_back_within_one_lease(
-    redis_server: RedisServer, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, key: str
 ) -> None:
     """A child takes both slots and is SIGKILLed. Its heartbeat kept them past their
     0.3-s lease (the parent could not get in), and after the kill they come back
     within the lease plus the 50-ms poll."""
     lease = 0.3
-    limiter = RedisLimiter(redis_server.url, key, max_inflight=2, lease_seconds=lease)
+    limiter = make(redis_server.url, key, max_inflight=2, lease_seconds=lease)
     held = SPAWN.Queue()
     child = SPAWN.Process(target=hold_all, args=(limiter, 2, held))
     child.start()
@@ -214,12 +229,12 @@ async def test_the_slots_of_a_killed_process_come_back_within_one_lease(
 
 
 async def test_a_pause_set_by_one_process_holds_another_and_a_shorter_hint_cannot_shorten_it(
-    redis_server: RedisServer, raw: Any, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, raw: Any, key: str
 ) -> None:
     """A child reports a 1-s pause, then a 0.1-s one. The pause left is still well over
     0.1 s (200 ms allows for the hand-over), and the parent, which never saw a rate
     limit itself, starts nothing before the pause ends on the server's clock."""
-    limiter = RedisLimiter(redis_server.url, key, rpm=1000, period_seconds=1.0)
+    limiter = make(redis_server.url, key, rpm=1000, period_seconds=1.0)
     done = SPAWN.Queue()
     child = SPAWN.Process(target=report_pause, args=(limiter, [1.0, 0.1], done))
     child.start()
@@ -239,10 +254,10 @@ async def test_a_pause_set_by_one_process_holds_another_and_a_shorter_hint_canno
 
 
 async def test_a_waiter_learns_the_shared_pause_for_its_status_line(
-    redis_server: RedisServer, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, key: str
 ) -> None:
-    first = RedisLimiter(redis_server.url, key)
-    second = RedisLimiter(redis_server.url, key)
+    first = make(redis_server.url, key)
+    second = make(redis_server.url, key)
     first.report_rate_limit(1.0)
     await first.flush()
     waiter = asyncio.create_task(second.acquire())
@@ -255,11 +270,11 @@ async def test_a_waiter_learns_the_shared_pause_for_its_status_line(
 
 
 async def test_an_exhausted_quota_stops_every_user_of_the_key_until_cleared(
-    redis_server: RedisServer, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, key: str
 ) -> None:
     """Two limiters on one key share nothing but Redis, as two processes would."""
-    first = RedisLimiter(redis_server.url, key)
-    second = RedisLimiter(redis_server.url, key)
+    first = make(redis_server.url, key)
+    second = make(redis_server.url, key)
     first.report_quota_exhausted("insufficient_quota")
     first.report_quota_exhausted("a later reason")
     await first.flush()
@@ -276,12 +291,12 @@ async def test_an_exhausted_quota_stops_every_user_of_the_key_until_cleared(
 
 @pytest.mark.parametrize("used", [100, 700])
 async def test_the_tokens_used_refund_or_surcharge_the_budget_by_the_difference(
-    redis_server: RedisServer, raw: Any, key: str, used: int
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, raw: Any, key: str, used: int
 ) -> None:
     """tpm=1000 per 1 s: a token is 1000 us of the schedule. A 400-token estimate that
     used `used` tokens moves the token schedule by (used - 400) x 1000 us and counts
     `used` tokens in the window."""
-    limiter = RedisLimiter(redis_server.url, key, tpm=1000, period_seconds=1.0, burst=0)
+    limiter = make(redis_server.url, key, tpm=1000, period_seconds=1.0, burst=0)
     permit = await limiter.acquire(400)
     before = float(raw.get(limiter.keys["ttat"]))
     limiter.release(permit, used_tokens=used)
@@ -294,9 +309,9 @@ async def test_the_tokens_used_refund_or_surcharge_the_budget_by_the_difference(
 
 
 async def test_scripts_come_back_after_a_script_flush_mid_run(
-    redis_server: RedisServer, raw: Any, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, raw: Any, key: str
 ) -> None:
-    limiter = RedisLimiter(redis_server.url, key, rpm=1000, max_inflight=5, period_seconds=1.0)
+    limiter = make(redis_server.url, key, rpm=1000, max_inflight=5, period_seconds=1.0)
     for _ in range(3):
         limiter.release(await limiter.acquire())
     raw.script_flush()
@@ -309,8 +324,10 @@ async def test_scripts_come_back_after_a_script_flush_mid_run(
     assert raw.zcard(limiter.keys["log"]) == 6
 
 
-async def test_the_limiter_carries_on_after_a_redis_restart(own_server: RedisServer) -> None:
-    limiter = RedisLimiter(own_server.url, "restart", rpm=1000, max_inflight=2)
+async def test_the_limiter_carries_on_after_a_redis_restart(
+    make: Callable[..., RedisLimiter], own_server: RedisServer
+) -> None:
+    limiter = make(own_server.url, "restart", rpm=1000, max_inflight=2)
     limiter.release(await limiter.acquire())
     await limiter.flush()
     own_server.stop()
@@ -321,10 +338,10 @@ async def test_the_limiter_carries_on_after_a_redis_restart(own_server: RedisSer
 
 
 async def test_while_redis_is_down_nothing_starts_and_it_resumes_when_redis_is_back(
-    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+    make: Callable[..., RedisLimiter], own_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="evalexec")
-    limiter = RedisLimiter(own_server.url, "outage", max_inflight=2)
+    limiter = make(own_server.url, "outage", max_inflight=2)
     limiter.release(await limiter.acquire())
     await limiter.flush()
     own_server.stop()
@@ -341,10 +358,11 @@ async def test_while_redis_is_down_nothing_starts_and_it_resumes_when_redis_is_b
 
 
 async def test_give_up_after_ends_the_wait_for_an_unreachable_redis(
+    make: Callable[..., RedisLimiter],
     own_server: RedisServer,
 ) -> None:
     own_server.stop()
-    limiter = RedisLimiter(own_server.url, "gone", give_up_after=0.3)
+    limiter = make(own_server.url, "gone", give_up_after=0.3)
     started = time.monotonic()
     with pytest.raises(LimiterUnavailable) as caught:
         await asyncio.wait_for(limiter.acquire(), 5.0)
@@ -357,11 +375,11 @@ async def test_give_up_after_ends_the_wait_for_an_unreachable_redis(
 
 
 async def test_the_local_fallback_warns_and_still_enforces_the_budgets_in_process(
-    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+    make: Callable[..., RedisLimiter], own_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="evalexec")
     own_server.stop()
-    limiter = RedisLimiter(own_server.url, "fallback", max_inflight=1, fallback="local")
+    limiter = make(own_server.url, "fallback", max_inflight=1, fallback="local")
     permit = await asyncio.wait_for(limiter.acquire(), 5.0)
     assert "falling back to a LocalLimiter" in caplog.text
     with pytest.raises(TimeoutError):
@@ -372,9 +390,9 @@ async def test_the_local_fallback_warns_and_still_enforces_the_budgets_in_proces
 
 
 async def test_a_cancelled_waiter_leaves_no_lease_behind(
-    redis_server: RedisServer, raw: Any, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, raw: Any, key: str
 ) -> None:
-    limiter = RedisLimiter(redis_server.url, key, max_inflight=1)
+    limiter = make(redis_server.url, key, max_inflight=1)
     held = await limiter.acquire()
     waiter = asyncio.create_task(limiter.acquire())
     await asyncio.sleep(0.1)
@@ -386,12 +404,12 @@ async def test_a_cancelled_waiter_leaves_no_lease_behind(
 
 
 async def test_a_reservation_cancelled_before_its_start_gives_its_place_back(
-    redis_server: RedisServer, raw: Any, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, raw: Any, key: str
 ) -> None:
     """rpm=2 per 1 s, no burst: the second start is reserved 0.5 s ahead. Cancelled
     while it sleeps, it is taken off the log and the schedule, so the next caller gets
     that slot (0.5 s after the first) instead of the one after it (1.0 s)."""
-    limiter = RedisLimiter(redis_server.url, key, rpm=2, period_seconds=1.0, burst=0)
+    limiter = make(redis_server.url, key, rpm=2, period_seconds=1.0, burst=0)
     first = await limiter.acquire()
     reserved = asyncio.create_task(limiter.acquire())
     await asyncio.sleep(0.1)
@@ -405,12 +423,12 @@ async def test_a_reservation_cancelled_before_its_start_gives_its_place_back(
 
 
 async def test_acquires_cancelled_at_any_point_leak_nothing(
-    redis_server: RedisServer, raw: Any, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, raw: Any, key: str
 ) -> None:
     """Forty acquires cancelled after a random delay (before, during or after their
     round trip): once the released ones are back, no lease is left and the log holds
     exactly the starts that were granted."""
-    limiter = RedisLimiter(redis_server.url, key, rpm=10_000, max_inflight=100)
+    limiter = make(redis_server.url, key, rpm=10_000, max_inflight=100)
     rng = random.Random(7)
     granted = 0
     for _ in range(40):
@@ -427,9 +445,9 @@ async def test_acquires_cancelled_at_any_point_leak_nothing(
 
 
 async def test_an_attempt_cancelled_mid_call_still_releases_its_lease(
-    redis_server: RedisServer, raw: Any, key: str
+    make: Callable[..., RedisLimiter], redis_server: RedisServer, raw: Any, key: str
 ) -> None:
-    limiter = RedisLimiter(redis_server.url, key, max_inflight=1)
+    limiter = make(redis_server.url, key, max_inflight=1)
 
     async def attempt() -> None:
         permit = await limiter.acquire()

@@ -815,12 +815,9 @@ class RedisLimiter:
         reason = str(reason)
         if self._local is not None:
             self._local.report_quota_exhausted(reason)
-        self._send(
-            "stop",
-            [self.keys["stop"]],
-            [reason, math.ceil(self.stop_seconds * 1000)],
-            "share a stop",
-        )
+        if self._stop_reason is None:  # once: background sends may reach Redis in any order
+            args = [reason, math.ceil(self.stop_seconds * 1000)]
+            self._send("stop", [self.keys["stop"]], args, "share a stop")
         self._stopped(reason)
 
     async def clear_stop(self) -> None:
