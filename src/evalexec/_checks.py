@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sized
+from typing import Any
 
 __all__ = [
     "DEFAULT_TIMEOUT_SECONDS",
     "check_callable",
     "check_int",
+    "check_limits",
     "check_seconds",
     "deadline_seconds",
     "sized_len",
@@ -91,3 +93,27 @@ def timeout_seconds(timeout: object) -> float:
 
 def deadline_seconds(deadline: object) -> float | None:
     return None if deadline is None else check_seconds("deadline", deadline, allow_inf=False)
+
+
+def check_limits(limiter: object, cost: object, usage: object) -> tuple[Any, Any, Any]:
+    """`limiter=`, `cost=` and `usage=` as given, or a TypeError that names the bad one."""
+    if limiter is not None:
+        missing = [
+            name
+            for name in ("acquire", "release", "report_rate_limit")
+            if not hasattr(limiter, name)
+        ]
+        if missing:
+            raise TypeError(
+                f"limiter must be an evalexec.limits.Limiter (a LocalLimiter or RedisLimiter), "
+                f"got {type(limiter).__name__}, which has no {', '.join(missing)}"
+            )
+    for name, value in (("cost", cost), ("usage", usage)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be a function of one input, got {type(value).__name__}")
+    if (cost is not None or usage is not None) and limiter is None:
+        raise ValueError(
+            "cost= and usage= feed a token budget: pass limiter=LocalLimiter(tpm=...) "
+            "(or a RedisLimiter) with them"
+        )
+    return limiter, cost, usage

@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import math
 import signal
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,8 +38,12 @@ from evalexec._progress import Progress
 from evalexec._retry import Backoff, decide
 from evalexec._signals import termination_handler
 from evalexec.exceptions import ErrorKind
+from evalexec.limits import CostExceedsBudget, Limiter, LimiterStopped, LimiterUnavailable, Permit
+
+logger = logging.getLogger("evalexec")
 
 __all__ = [
+    "GatePerLoop",
     "IncompleteRunError",
     "OnFinal",
     "Run",
@@ -76,6 +83,26 @@ class IncompleteRunError(Exception):
         self.details = details
 
 
+class GatePerLoop:
+    """One `Gate` per event loop for one executor: its runs on that loop share it, so
+    ``concurrency`` bounds the executor's calls in flight, not each run's (and a
+    provider's pause, or a cut of the target, holds all of them)."""
+
+    def __init__(self) -> None:
+        self._gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Gate] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, concurrency: int) -> Gate:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            gate = self._gates.get(loop)
+            if gate is None:
+                gate = self._gates[loop] = Gate(concurrency)
+            return gate
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     """What a run is made with: the executor's settings, frozen for the run."""
@@ -94,6 +121,10 @@ class RunConfig:
     checkpoint: Checkpoint | None
     controller: Any  # ConcurrencyController, or any object with its four members
     check_output: Callable[[Any], None] | None = None  # raises if an output is a misuse
+    gates: GatePerLoop | None = None  # the executor's gate, shared by its runs on one loop
+    limiter: Limiter | None = None  # budgets (requests, tokens, in flight) beyond this run
+    cost: Callable[[Any], int] | None = None  # an input's estimated tokens, for the limiter
+    usage: Callable[[Any], int | None] | None = None  # an output's tokens used, if known
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +261,11 @@ class Run:
         window = WINDOW_PER_WORKER * config.concurrency
         self.room = asyncio.Semaphore(window) if room is None else room
         self.release_room = room is None
-        self.gate = Gate(config.concurrency)
+        self.gate = (
+            Gate(config.concurrency)
+            if config.gates is None
+            else config.gates.get(config.concurrency)
+        )
         self.steering = _Steering(config.controller, self.gate, loop)
         # The stop: `stop` is None while the run goes on, then why it ends (the first
         # reason wins); `stopped` is set at the same moment, for `drive` to wake on.
@@ -365,6 +400,12 @@ class Run:
         loop = self.loop
         task = asyncio.current_task()
         assert task is not None
+        limiter = config.limiter
+        permit: Permit | None = None
+        if limiter is not None:
+            permit = await self._admit(limiter, work)
+            if permit is None:
+                return
         self.inflight += 1
         self.attempting.add(task)
         self.steering.started(self.inflight)
@@ -390,6 +431,8 @@ class Run:
             work.details.execution_seconds += elapsed
             self.inflight -= 1
             self.attempting.discard(task)
+            if permit is not None:
+                self._give_back(permit, output if error is None else None)
         if scope.expired():
             # Timed out, whether the function let the cancellation through or swallowed
             # it and returned something: a value returned after our cancellation is
@@ -408,6 +451,40 @@ class Run:
             work.details.complete()
             self.steering.succeeded(elapsed)
             self.finish(work, output)
+
+    async def _admit(self, limiter: Limiter, work: _Work) -> Permit | None:
+        """The limiter's leave to start `work`, or None when the input cannot start."""
+        try:
+            cost = 0 if self.config.cost is None else self.config.cost(work.input)
+            return await limiter.acquire(cost)
+        except CostExceedsBudget as exc:
+            work.details.log_exception(exc)
+            self.fail(work, say.describe(exc))  # it could never fit: not retried
+        except LimiterStopped as exc:
+            if self.stop is None:
+                say.stopped_early(self.progress.write, "the shared limiter is stopped", exc.reason)
+            self.end("quota")  # the input stays DID NOT RUN
+        except LimiterUnavailable as exc:
+            self.crash(exc)
+        except Exception as exc:  # the user's cost function
+            self.crash(exc)
+        return None
+
+    def _give_back(self, permit: Permit, output: Any) -> None:
+        assert self.config.limiter is not None
+        used = None
+        usage = self.config.usage
+        if usage is not None and output is not None:
+            try:
+                used = usage(output)
+            except Exception as exc:  # the user's usage function: the estimate stands
+                logger.warning(
+                    "evalexec: usage() raised %s; the estimate stands", say.describe(exc)
+                )
+        try:
+            self.config.limiter.release(permit, used)
+        except ValueError as exc:  # a usage the limiter cannot take
+            logger.warning("evalexec: %s", exc)
 
     def _misused(self, output: Any) -> bool:
         assert self.config.check_output is not None
@@ -440,12 +517,16 @@ class Run:
             if verdict.cooldown:
                 self.gate.pause_for(verdict.cooldown)
                 self.progress.refresh(force=True)
+            if config.limiter is not None:
+                config.limiter.report_rate_limit(verdict.cooldown)
         if not verdict.retry:
             cause = say.describe(exc)
             self.fail(work, cause)
             if verdict.stop_run:
                 if self.stop is None:
                     say.stopped_early(self.progress.write, verdict.reason, cause)
+                if config.limiter is not None and verdict.report.kind is not ErrorKind.MISUSE:
+                    config.limiter.report_quota_exhausted(verdict.reason)
                 # A provider's stop lets admitted calls finish; a misuse fails them all.
                 self.end("failed" if verdict.report.kind is ErrorKind.MISUSE else "quota")
             return
@@ -528,12 +609,18 @@ class Run:
             counts=counts,
             retries=self.retries,
             rate_limits=self.rate_limits,
-            cooldown_seconds=self.gate.pause_remaining(),
+            cooldown_seconds=self.cooldown(),
             paused=self.gate.held,
             elapsed_seconds=elapsed,
             eta_seconds=eta,
             stop=self.stop,
         )
+
+    def cooldown(self) -> float:
+        """Seconds left of a provider's pause, here or (with a shared limiter) anywhere."""
+        limiter = self.config.limiter
+        shared = 0.0 if limiter is None else limiter.pause_remaining()
+        return max(self.gate.pause_remaining(), shared)
 
     def status_text(self) -> str:
         parts = [f"target={self.gate.limit}", f"inflight={self.inflight}"]
@@ -543,7 +630,7 @@ class Run:
             parts.append(f"rate_limited={self.rate_limits}")
         if self.failures:
             parts.append(f"failed={self.failures}")
-        cooldown = self.gate.pause_remaining()
+        cooldown = self.cooldown()
         if cooldown >= 0.5:
             parts.append(f"cooldown={cooldown:.0f}s")
         return " ".join(parts)
@@ -590,6 +677,8 @@ class Run:
                         task.cancel()
                     try:
                         await asyncio.gather(*tasks, return_exceptions=True)
+                        if config.limiter is not None:
+                            await asyncio.shield(config.limiter.flush())
                     finally:
                         self._close()
         finally:
@@ -602,7 +691,8 @@ class Run:
         for handle in self.delayed.values():
             handle.cancel()
         self.steering.close()
-        self.gate.close()
+        if self.config.gates is None:
+            self.gate.close()  # a shared gate lives as long as its loop
         try:
             if self.store is not None:
                 self.store.close()

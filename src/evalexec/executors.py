@@ -27,6 +27,7 @@ from evalexec._checkpoint import Checkpoint
 from evalexec._checks import (
     check_callable,
     check_int,
+    check_limits,
     deadline_seconds,
     sized_len,
     stream_len,
@@ -35,7 +36,15 @@ from evalexec._checks import (
 from evalexec._controller import ConcurrencyController, ControllerLike, adaptive_controller
 from evalexec._details import ExecutionDetails, ExecutionStatus, Unset
 from evalexec._details import _unset as _unset
-from evalexec._engine import WINDOW_PER_WORKER, Run, RunConfig, RunSnapshot, drive, raise_for
+from evalexec._engine import (
+    WINDOW_PER_WORKER,
+    GatePerLoop,
+    Run,
+    RunConfig,
+    RunSnapshot,
+    drive,
+    raise_for,
+)
 from evalexec._loops import (
     refuse_nested_loop,
     results_kept,
@@ -46,6 +55,7 @@ from evalexec._retry import Backoff
 from evalexec._sequential import Sequential, refuse_awaitable
 from evalexec._signals import termination_handler
 from evalexec._threads import RunHandle, drive_on_thread, stream_on_thread
+from evalexec.limits import Limiter
 
 __all__ = [
     "AsyncExecutor",
@@ -232,6 +242,9 @@ class AsyncExecutor(_Controls):
         backoff: Backoff | None = _DEFAULT_BACKOFF,
         deadline: float | None = None,
         checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
+        limiter: Limiter | None = None,
+        cost: Callable[[Any], int] | None = None,
+        usage: Callable[[Any], int | None] | None = None,
     ) -> None:
         check_callable(generation_fn)
         self.generate = generation_fn
@@ -245,6 +258,8 @@ class AsyncExecutor(_Controls):
         self.timeout: float = timeout_seconds(timeout)
         self.backoff = backoff
         self.deadline = deadline_seconds(deadline)
+        self.limiter, self.cost, self.usage = check_limits(limiter, cost, usage)
+        self._gates = GatePerLoop()
         self._live = _LiveRuns()
         self._concurrency_controller: Any = _controller_for(
             enable_dynamic_concurrency,
@@ -361,6 +376,10 @@ class AsyncExecutor(_Controls):
             bar_format=self.tqdm_bar_format,
             checkpoint=self.checkpoint,
             controller=self._concurrency_controller,
+            gates=self._gates,
+            limiter=self.limiter,
+            cost=self.cost,
+            usage=self.usage,
         )
 
 
@@ -406,6 +425,9 @@ class SyncExecutor(_Controls):
         backoff: Backoff | None = _DEFAULT_BACKOFF,
         deadline: float | None = None,
         checkpoint: str | os.PathLike[str] | Checkpoint | None = None,
+        limiter: Limiter | None = None,
+        cost: Callable[[Any], int] | None = None,
+        usage: Callable[[Any], int | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -420,10 +442,12 @@ class SyncExecutor(_Controls):
         self.termination_signal = termination_signal
         # Threads: for concurrency, or to abandon a call that overruns its timeout
         # (a call in the calling thread cannot be abandoned).
-        self.threaded = self.concurrency > 1 or timeout is not None
+        self.threaded = self.concurrency > 1 or timeout is not None or limiter is not None
         self.timeout: float = timeout_seconds(timeout)
         self.backoff = backoff
         self.deadline = deadline_seconds(deadline)
+        self.limiter, self.cost, self.usage = check_limits(limiter, cost, usage)
+        self._gates = GatePerLoop()
         self._clock = clock
         self._sleep = sleep
         self._live = _LiveRuns()
@@ -489,6 +513,10 @@ class SyncExecutor(_Controls):
             checkpoint=self.checkpoint,
             controller=self._concurrency_controller,
             check_output=partial(refuse_awaitable, self.generate),
+            gates=self._gates,
+            limiter=self.limiter,
+            cost=self.cost,
+            usage=self.usage,
         )
 
 
