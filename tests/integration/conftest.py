@@ -12,11 +12,8 @@ are stopped by PID.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +22,6 @@ import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,6 +29,7 @@ from typing import Any
 import pytest
 
 import evalexec.phoenix
+from tests.integration.servers import LLMServer, PhoenixServer, free_port, stop
 
 HERE = Path(__file__).resolve().parent
 PHOENIX_START_TIMEOUT = 120.0
@@ -145,29 +142,6 @@ def restore_phoenix() -> Iterator[None]:
 # A local OpenAI-compatible server
 
 
-@dataclass(frozen=True)
-class LLMServer:
-    base_url: str
-    latency: float
-    rpm: int
-    pid: int
-
-    def stats(self) -> dict[str, int]:
-        with urllib.request.urlopen(self.base_url.removesuffix("/v1") + "/stats") as reply:
-            stats: dict[str, int] = json.load(reply)
-        return stats
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @pytest.fixture
 def llm_server() -> Iterator[Callable[..., LLMServer]]:
     """Start ``openai_server.py`` with ``(latency=..., rpm=...)``; every one started is
@@ -188,18 +162,11 @@ def llm_server() -> Iterator[Callable[..., LLMServer]]:
 
     yield start
     for process in processes:
-        _stop(process)
+        stop(process)
 
 
 # --------------------------------------------------------------------------------------
 # A real Phoenix server (arize-phoenix), SQLite in a temporary working directory
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _phoenix_command() -> list[str]:
@@ -212,20 +179,13 @@ def _phoenix_command() -> list[str]:
     return [str(found), "serve"]
 
 
-@dataclass(frozen=True)
-class PhoenixServer:
-    base_url: str
-    pid: int
-    started_in: float
-
-
 @pytest.fixture(scope="session")
 def phoenix_server() -> Iterator[PhoenixServer]:
     """`phoenix serve` on free ports of 127.0.0.1, ready when /healthz answers."""
     _need("phoenix.server.main", "arize-phoenix")
     command = _phoenix_command()
     workdir = tempfile.mkdtemp(prefix="evalexec-phoenix-")
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     env = {
         **os.environ,
         "PHOENIX_WORKING_DIR": workdir,
@@ -257,6 +217,6 @@ def phoenix_server() -> Iterator[PhoenixServer]:
         print(f"\nphoenix serve ready in {elapsed:.1f} s at {base_url}")
         yield PhoenixServer(base_url, process.pid, elapsed)
     finally:
-        _stop(process)
+        stop(process)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
