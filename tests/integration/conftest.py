@@ -180,7 +180,7 @@ def _phoenix_command() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def phoenix_server() -> Iterator[PhoenixServer]:
+def phoenix_server(request: pytest.FixtureRequest) -> Iterator[PhoenixServer]:
     """`phoenix serve` on free ports of 127.0.0.1, ready when /healthz answers."""
     _need("phoenix.server.main", "arize-phoenix")
     command = _phoenix_command()
@@ -214,7 +214,8 @@ def phoenix_server() -> Iterator[PhoenixServer]:
                 pytest.fail(f"phoenix serve was not ready in {PHOENIX_START_TIMEOUT:.0f} s")
             time.sleep(0.25)
         elapsed = time.monotonic() - started
-        print(f"\nphoenix serve ready in {elapsed:.1f} s at {base_url}")
+        line = f"phoenix serve (SQLite) ready in {elapsed:.1f} s at {base_url}"
+        request.config.stash.setdefault(_FIGURES, []).append(line)
         yield PhoenixServer(base_url, process.pid, elapsed)
     finally:
         stop(process)
