@@ -135,9 +135,10 @@ def install(*, sync_concurrency: int = 8, replace_rate_limiters: bool = True) ->
         for name in _KNOWN_USERS:
             _import_if_installed(name)
         if _state is None:
-            _state = _new_state(options, sources)
-            if options.replace_rate_limiters:
-                _replace_rate_limiters(_state)
+            _state = _new_state(options)
+        _record_originals(_state, sources)
+        if options.replace_rate_limiters:
+            _replace_rate_limiters(_state)
         _rebind_in_phoenix_modules(_state)
 
 
@@ -219,17 +220,24 @@ def _sync_executor_class(concurrency: int) -> type[SyncExecutor]:
     return PhoenixSyncExecutor
 
 
-def _new_state(options: _Options, sources: list[types.ModuleType]) -> _State:
+def _new_state(options: _Options) -> _State:
     ours: dict[str, Any] = {name: getattr(_ours, name) for name in EXECUTOR_NAMES}
     ours["SyncExecutor"] = _sync_executor_class(options.sync_concurrency)
-    state = _State(options, ours)
+    return _State(options, ours)
+
+
+def _record_originals(state: _State, sources: list[types.ModuleType]) -> None:
+    """Note Phoenix's objects in each defining module not seen before (one installed
+    since the first `install` call); a module already seen holds our objects by now."""
+    seen = {module_name for module_name, _ in state.by_source}
     for module in sources:
+        if module.__name__ in seen:
+            continue
         for name in EXECUTOR_NAMES:
             original = vars(module).get(name)
             if original is not None:
                 state.originals[id(original)] = (original, name)
                 state.by_source[(module.__name__, name)] = original
-    return state
 
 
 def _phoenix_modules() -> list[types.ModuleType]:
@@ -260,7 +268,7 @@ def _replace_rate_limiters(state: _State) -> None:
             continue
         for method in _LIMITER_METHODS:
             original = limiter.__dict__.get(method)
-            if original is not None:
+            if original is not None and original is not _unlimited:
                 state.patches.append(_Patch(limiter, method, original, _unlimited))
                 setattr(limiter, method, _unlimited)
 

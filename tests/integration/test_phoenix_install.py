@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import subprocess
 import sys
 import types
 from typing import Any
@@ -371,3 +372,20 @@ def test_bad_options_are_refused_before_anything_changes(
     assert str(caught.value) == message
     assert changed(before, snapshot()) == set()
     assert not evalexec.phoenix.is_installed()
+
+
+def test_importing_evalexec_phoenix_imports_no_phoenix_module() -> None:
+    """Phoenix is imported by install(), not by ``import evalexec.phoenix``."""
+    code = (
+        "import sys, evalexec.phoenix; "
+        "print(sorted(m for m in sys.modules if m == 'phoenix' or m.startswith('phoenix.')))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
