@@ -32,6 +32,8 @@ from evalexec._messages import StopReason
 from evalexec._progress import Progress
 from evalexec._retry import Backoff, decide
 from evalexec._signals import termination_handler
+from evalexec._telemetry import NO_TELEMETRY, RunTelemetry, start_run
+from evalexec._threads import ThreadCalls
 from evalexec.exceptions import ErrorKind
 
 __all__ = ["IncompleteRunError", "OnFinal", "Run", "RunConfig", "drive"]
@@ -115,11 +117,18 @@ class _Steering:
     ``inactive_check_interval`` seconds while the run lasts.
     """
 
-    __slots__ = ("_controller", "_gate", "_observe", "_own", "_poll")
+    __slots__ = ("_controller", "_gate", "_observe", "_own", "_poll", "_telemetry")
 
-    def __init__(self, controller: Any, gate: Gate, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        controller: Any,
+        gate: Gate,
+        loop: asyncio.AbstractEventLoop,
+        telemetry: RunTelemetry = NO_TELEMETRY,
+    ) -> None:
         self._controller = controller
         self._gate = gate
+        self._telemetry = telemetry
         self._own = isinstance(controller, ConcurrencyController)
         self._observe: Callable[[int], None] | None = getattr(controller, "observe_inflight", None)
         self._poll: asyncio.TimerHandle | None = None
@@ -130,7 +139,10 @@ class _Steering:
                 self._poll = loop.call_later(interval, self._look_again, loop, interval)
 
     def follow(self) -> None:
+        old = self._gate.limit
         self._gate.limit = int(self._controller.target_concurrency)
+        if self._gate.limit != old:
+            self._telemetry.target_changed(old, self._gate.limit)
 
     def _look_again(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.follow()
@@ -193,7 +205,15 @@ class Run:
         self.room = asyncio.Semaphore(window) if room is None else room
         self.release_room = room is None
         self.gate = Gate(config.concurrency)
-        self.steering = _Steering(config.controller, self.gate, loop)
+        self.telemetry = start_run(
+            executor="threads" if isinstance(config.call, ThreadCalls) else "async",
+            function=config.function,
+            total=total,
+            concurrency=config.concurrency,
+            max_retries=config.max_retries,
+            timeout=config.timeout,
+        )
+        self.steering = _Steering(config.controller, self.gate, loop, self.telemetry)
         # The stop: `stop` is None while the run goes on, then why it ends (the first
         # reason wins); `stopped` is set at the same moment, for `drive` to wake on.
         self.stop: StopReason | None = None
@@ -291,6 +311,7 @@ class Run:
             self.room.release()
         self.on_final(index, output, details)
         self.progress.advance(details.status)
+        self.telemetry.final(details.status)
 
     # -- workers and attempts -----------------------------------------------------------
     async def work(self) -> None:
@@ -330,6 +351,7 @@ class Run:
         scope = asyncio.timeout(None if math.isinf(config.timeout) else config.timeout)
         error: BaseException | None = None
         output: Any = None
+        traced = self.telemetry.attempt_started(work.index, work.attempts)  # current span
         try:
             async with scope:
                 awaitable = config.call(work.input)
@@ -344,6 +366,7 @@ class Run:
         except Exception as exc:
             error = exc
         finally:
+            self.telemetry.attempt_left(traced)
             elapsed = loop.time() - start
             work.details.execution_seconds += elapsed
             self.inflight -= 1
@@ -352,6 +375,9 @@ class Run:
             # Timed out, whether the function let the cancellation through or swallowed
             # it and returned something: a value returned after our cancellation is
             # not the function's answer.
+            self.telemetry.attempt_ended(
+                work.index, "timeout", will_retry=work.timeouts < config.max_retries
+            )
             self.timed_out(work)
         elif task.cancelling() or self.stop == "interrupted":
             # We cancelled this call, or a Ctrl-C reached everything (a run nested in
@@ -363,6 +389,7 @@ class Run:
         elif config.check_output is not None and self._misused(output):
             return
         else:
+            self.telemetry.attempt_ended(work.index, "ok")
             work.details.complete()
             self.steering.succeeded(elapsed)
             self.finish(work, output)
@@ -392,11 +419,13 @@ class Run:
         config = self.config
         work.details.log_exception(exc)
         verdict = decide(exc, work.errors, config.max_retries, config.backoff)
+        self.telemetry.attempt_errored(work.index, exc, verdict)
         if verdict.report.kind is ErrorKind.RATE_LIMIT:
             self.rate_limits += 1
             self.steering.refused(started_at, self.inflight)
             if verdict.cooldown:
                 self.gate.pause_for(verdict.cooldown)
+                self.telemetry.cooldown(verdict.cooldown)
                 self.progress.refresh(force=True)
         if not verdict.retry:
             cause = say.describe(exc)
@@ -514,6 +543,7 @@ class Run:
                 self.store.close()
         finally:
             inputs_seen = self.produced if self.total is None else self.total
+            self.telemetry.run_ended(self.stop or "cancelled", inputs_seen, self.error)
             self.progress.close(inputs_seen, self.retries, self.loop.time() - self.started_at)
 
 
