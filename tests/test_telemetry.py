@@ -377,6 +377,24 @@ def test_a_span_made_inside_a_function_on_a_worker_thread_is_a_child_of_its_atte
     assert parent_id(llm_b) == attempt_of[1]
 
 
+@pytest.mark.xfail(
+    reason="executors.py starts the threaded run's thread without the caller's context "
+    "(wiring for the lead: run the thread's target in contextvars.copy_context())",
+    strict=True,
+)
+@pytest.mark.parametrize("form", ["run", "stream"])
+def test_a_threaded_run_span_is_a_child_of_the_span_current_when_it_starts(
+    spans: Spans, form: str
+) -> None:
+    executor = SyncExecutor(output_for, concurrency=2)
+    with spans.user.start_as_current_span("experiment") as outer:
+        if form == "run":
+            executor.run(["a"])
+        else:
+            list(executor.stream(["a"]))
+    assert parent_id(spans.run()) == outer.get_span_context().span_id
+
+
 # -- staying out of the way ----------------------------------------------------------------
 
 

@@ -16,8 +16,9 @@ name is the prefix of another, since Phoenix nests dotted names):
 
 ``evalexec.run`` -- one per run, a child of whatever span is current when it starts:
     ``openinference.span.kind``          "CHAIN"
-    ``evalexec.executor``                "async" (AsyncExecutor) or "threads" (SyncExecutor
-                                         on worker threads)
+    ``evalexec.executor``                "async" (AsyncExecutor), "threads" (SyncExecutor
+                                         on worker threads) or "sync" (SyncExecutor, one
+                                         call at a time in the calling thread)
     ``evalexec.function``                the function's qualified name
     ``evalexec.run.concurrency``         the number of workers
     ``evalexec.run.inputs``              len(inputs), when known
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
 __all__ = ["NO_TELEMETRY", "Outcome", "RunTelemetry", "start_run"]
 
 Outcome = Literal["ok", "error", "timeout", "rate_limit", "cancelled"]
-ExecutorKind = Literal["async", "threads"]
+ExecutorKind = Literal["async", "threads", "sync"]
 
 SPAN_KIND = "openinference.span.kind"  # OpenInference's span kind attribute
 CHAIN = "CHAIN"  # OpenInference's kind for a step that is neither an LLM call nor a tool
