@@ -10,6 +10,7 @@ on virtual time; the threaded SyncExecutor tests use barriers, not sleeps.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 
 try:
     from opentelemetry import trace
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import StatusCode
@@ -406,6 +407,40 @@ def test_a_tracer_provider_that_records_nothing_gets_the_no_op(
         executor="async", function=len, total=1, concurrency=1, max_retries=0, timeout=1.0
     )
     assert telemetry is NO_TELEMETRY
+
+
+class BrokenProcessor(SpanProcessor):
+    """A span processor with a bug: it raises when the second span ends."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.ended += 1
+        if self.ended == 2:
+            raise RuntimeError("processor bug")
+
+
+@pytest.mark.looptime
+async def test_a_tracer_that_raises_is_logged_once_and_the_run_goes_on_untraced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider = TracerProvider()
+    processor = BrokenProcessor()
+    provider.add_span_processor(processor)
+    monkeypatch.setattr(_telemetry, "tracer_provider", provider)
+    fake = FakeGenerate({"a": [("error", 1.0), ("ok", 1.0)]})
+    with caplog.at_level(logging.WARNING, logger="evalexec"):
+        outputs, details = await AsyncExecutor(fake, concurrency=1).execute(["a", "b", "c"])
+    assert outputs == [output_for(x) for x in "abc"]
+    assert [d.status for d in details] == [
+        ExecutionStatus.COMPLETED_WITH_RETRIES,
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.COMPLETED,
+    ]
+    failures = [r for r in caplog.records if "tracing this run failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert processor.ended == 2  # nothing more was traced after the failure
 
 
 def _python(code: str) -> str:

@@ -57,13 +57,16 @@ name is the prefix of another, since Phoenix nests dotted names):
     "rate_limit" and "timeout", unset for "cancelled"; an ``exception`` event carries
     ``exception.type`` and ``exception.message`` for errors.
 
-Times are the tracer's (wall clock), not the run's loop clock.
+Times are the tracer's (wall clock), not the run's loop clock. Tracing never breaks a
+run: an error raised by the tracer (a span processor's bug, say) is logged once as a
+warning and the run goes on untraced.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from evalexec._details import ExecutionStatus
 from evalexec.exceptions import ErrorKind, describe_error
@@ -89,6 +92,10 @@ _ERROR_STOPS = frozenset({"failed", "quota", "error"})
 
 # Test seam: tests point this at a tracer provider of their own; None means the global one.
 tracer_provider: Any = None
+
+logger = logging.getLogger("evalexec")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class RunTelemetry:
@@ -151,6 +158,23 @@ def start_run(
         from opentelemetry import context, trace
     except ImportError:
         return NO_TELEMETRY
+    try:
+        return _start(trace, context, executor, function, total, concurrency, max_retries, timeout)
+    except Exception:
+        _tracing_failed()
+        return NO_TELEMETRY
+
+
+def _start(
+    trace: Any,
+    context: Any,
+    executor: ExecutorKind,
+    function: Callable[..., Any],
+    total: int | None,
+    concurrency: int,
+    max_retries: int,
+    timeout: float,
+) -> RunTelemetry:
     from evalexec import __version__
 
     tracer = trace.get_tracer("evalexec", __version__, tracer_provider=tracer_provider)
@@ -171,11 +195,34 @@ def start_run(
     return _Traced(tracer, span, trace, context)
 
 
+def _tracing_failed() -> None:
+    logger.warning("evalexec: tracing this run failed; the run goes on without it", exc_info=True)
+
+
+def _guarded(
+    method: Callable[Concatenate[_Traced, _P], _R],
+) -> Callable[Concatenate[_Traced, _P], _R | None]:
+    """The tracer's errors stay out of the run: the first one is logged, and the run's
+    telemetry then does nothing."""
+
+    def guarded(self: _Traced, /, *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        if self._broken:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            self._break()
+            return None
+
+    return guarded
+
+
 class _Traced(RunTelemetry):
     """A run that is traced: its span, and the spans of attempts not yet ended."""
 
     __slots__ = (
         "_attempts",
+        "_broken",
         "_context",
         "_counts",
         "_open",
@@ -194,7 +241,9 @@ class _Traced(RunTelemetry):
         self._open: dict[int, Any] = {}  # input index -> span of its attempt in flight
         self._counts = dict.fromkeys(_STATUS_NAMES, 0)
         self._attempts = 0
+        self._broken = False  # the tracer raised once: trace no more of this run
 
+    @_guarded
     def attempt_started(self, index: int, attempt: int) -> object:
         self._attempts += 1
         span = self._tracer.start_span(
@@ -210,8 +259,20 @@ class _Traced(RunTelemetry):
         return self._context.attach(self._trace.set_span_in_context(span, self._parent))
 
     def attempt_left(self, entered: object) -> None:
-        self._context.detach(entered)
+        # Not skipped once broken: a span made current must not stay current.
+        if entered is None:  # attempt_started failed, or was skipped
+            return
+        try:
+            self._context.detach(entered)
+        except Exception:
+            self._break()
 
+    def _break(self) -> None:
+        if not self._broken:
+            self._broken = True
+            _tracing_failed()
+
+    @_guarded
     def attempt_ended(self, index: int, outcome: Outcome, *, will_retry: bool = False) -> None:
         span = self._open.pop(index, None)
         if span is None:
@@ -226,6 +287,7 @@ class _Traced(RunTelemetry):
             span.set_status(status.ERROR, "the attempt timed out")
         span.end()
 
+    @_guarded
     def attempt_errored(self, index: int, error: BaseException, verdict: Verdict) -> None:
         span = self._open.pop(index, None)
         if span is None:
@@ -248,18 +310,22 @@ class _Traced(RunTelemetry):
         span.set_status(self._trace.StatusCode.ERROR, description)
         span.end()
 
+    @_guarded
     def cooldown(self, seconds: float) -> None:
         self._span.add_event("evalexec.cooldown", {"evalexec.cooldown.seconds": float(seconds)})
 
+    @_guarded
     def target_changed(self, old: int, new: int) -> None:
         self._span.add_event(
             "evalexec.target_changed", {"evalexec.target.old": old, "evalexec.target.new": new}
         )
 
+    @_guarded
     def final(self, status: ExecutionStatus) -> None:
         if status in self._counts:
             self._counts[status] += 1
 
+    @_guarded
     def run_ended(self, stop: str, inputs: int, error: BaseException | None) -> None:
         span = self._span
         if not span.is_recording():
