@@ -101,12 +101,12 @@ _R = TypeVar("_R")
 class RunTelemetry:
     """What the engine tells the tracer about one run; this base class does nothing.
 
-    The engine calls, in order: `attempt_started` right before it calls the function and
+    The engine calls `attempt_started` right before it calls the function and
     `attempt_left` (in a ``finally``) right after, in the same task or thread; then
     exactly one of `attempt_ended` / `attempt_errored` for an attempt that ends on its
-    own, `cooldown` and `target_changed` whenever they
-    happen, `final` once per input that reaches a final status, and `run_ended` once.
-    Attempts still open at `run_ended` were cancelled with the run.
+    own; `cooldown` and `target_changed` whenever they happen; `final` once per input
+    that reaches a final status; and `run_ended` once, at the end. Attempts still open
+    then were cancelled with the run (or left behind by an error that stopped it).
     """
 
     __slots__ = ()
