@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from evalexec import _messages as say
 from evalexec._checkpoint import Checkpoint, CheckpointError, CheckpointStore
@@ -37,6 +37,7 @@ from evalexec._messages import StopReason
 from evalexec._progress import Progress
 from evalexec._retry import Backoff, decide
 from evalexec._signals import termination_handler
+from evalexec._telemetry import NO_TELEMETRY, RunTelemetry, start_run
 from evalexec.exceptions import ErrorKind
 from evalexec.limits import CostExceedsBudget, Limiter, LimiterStopped, LimiterUnavailable, Permit
 
@@ -125,6 +126,7 @@ class RunConfig:
     limiter: Limiter | None = None  # budgets (requests, tokens, in flight) beyond this run
     cost: Callable[[Any], int] | None = None  # an input's estimated tokens, for the limiter
     usage: Callable[[Any], int | None] | None = None  # an output's tokens used, if known
+    kind: Literal["async", "threads"] = "async"  # how attempts run (for telemetry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,11 +178,18 @@ class _Steering:
     ``inactive_check_interval`` seconds while the run lasts.
     """
 
-    __slots__ = ("_controller", "_gate", "_observe", "_own", "_poll", "ceiling")
+    __slots__ = ("_controller", "_gate", "_observe", "_own", "_poll", "_telemetry", "ceiling")
 
-    def __init__(self, controller: Any, gate: Gate, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        controller: Any,
+        gate: Gate,
+        loop: asyncio.AbstractEventLoop,
+        telemetry: RunTelemetry = NO_TELEMETRY,
+    ) -> None:
         self._controller = controller
         self._gate = gate
+        self._telemetry = telemetry
         self.ceiling = gate.limit  # the most calls in flight the run allows (set_concurrency)
         self._own = isinstance(controller, ConcurrencyController)
         self._observe: Callable[[int], None] | None = getattr(controller, "observe_inflight", None)
@@ -195,7 +204,10 @@ class _Steering:
         target = self.ceiling
         if self._controller is not None:
             target = min(target, int(self._controller.target_concurrency))
+        old = self._gate.limit
         self._gate.limit = target
+        if self._gate.limit != old:
+            self._telemetry.target_changed(old, self._gate.limit)
 
     def set_ceiling(self, ceiling: int) -> None:
         self.ceiling = ceiling
@@ -266,7 +278,15 @@ class Run:
             if config.gates is None
             else config.gates.get(config.concurrency)
         )
-        self.steering = _Steering(config.controller, self.gate, loop)
+        self.telemetry = start_run(
+            executor=config.kind,
+            function=config.function,
+            total=total,
+            concurrency=config.concurrency,
+            max_retries=config.max_retries,
+            timeout=config.timeout,
+        )
+        self.steering = _Steering(config.controller, self.gate, loop, self.telemetry)
         # The stop: `stop` is None while the run goes on, then why it ends (the first
         # reason wins); `stopped` is set at the same moment, for `drive` to wake on.
         self.stop: StopReason | None = None
@@ -368,6 +388,7 @@ class Run:
             self.room.release()
         self.on_final(index, output, details)
         self.progress.advance(details.status)
+        self.telemetry.final(details.status)
 
     # -- workers and attempts -----------------------------------------------------------
     async def work(self) -> None:
@@ -413,6 +434,7 @@ class Run:
         scope = asyncio.timeout(None if math.isinf(config.timeout) else config.timeout)
         error: BaseException | None = None
         output: Any = None
+        traced = self.telemetry.attempt_started(work.index, work.attempts)  # current span
         try:
             async with scope:
                 awaitable = config.call(work.input)
@@ -427,6 +449,7 @@ class Run:
         except Exception as exc:
             error = exc
         finally:
+            self.telemetry.attempt_left(traced)
             elapsed = loop.time() - start
             work.details.execution_seconds += elapsed
             self.inflight -= 1
@@ -437,6 +460,9 @@ class Run:
             # Timed out, whether the function let the cancellation through or swallowed
             # it and returned something: a value returned after our cancellation is
             # not the function's answer.
+            self.telemetry.attempt_ended(
+                work.index, "timeout", will_retry=work.timeouts < config.max_retries
+            )
             self.timed_out(work)
         elif task.cancelling() or self.stop == "interrupted":
             # We cancelled this call, or a Ctrl-C reached everything (a run nested in
@@ -448,6 +474,7 @@ class Run:
         elif config.check_output is not None and self._misused(output):
             return
         else:
+            self.telemetry.attempt_ended(work.index, "ok")
             work.details.complete()
             self.steering.succeeded(elapsed)
             self.finish(work, output)
@@ -511,11 +538,13 @@ class Run:
         config = self.config
         work.details.log_exception(exc)
         verdict = decide(exc, work.errors, config.max_retries, config.backoff)
+        self.telemetry.attempt_errored(work.index, exc, verdict)
         if verdict.report.kind is ErrorKind.RATE_LIMIT:
             self.rate_limits += 1
             self.steering.refused(started_at, self.inflight)
             if verdict.cooldown:
                 self.gate.pause_for(verdict.cooldown)
+                self.telemetry.cooldown(verdict.cooldown)
                 self.progress.refresh(force=True)
             if config.limiter is not None:
                 config.limiter.report_rate_limit(verdict.cooldown)
@@ -698,6 +727,7 @@ class Run:
                 self.store.close()
         finally:
             inputs_seen = self.produced if self.total is None else self.total
+            self.telemetry.run_ended(self.stop or "cancelled", inputs_seen, self.error)
             self.progress.close(inputs_seen, self.retries, self.loop.time() - self.started_at)
 
 

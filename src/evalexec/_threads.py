@@ -217,7 +217,9 @@ def drive_on_thread(
         except BaseException as exc:
             box["error"] = exc
 
-    thread = threading.Thread(target=target, name="evalexec-run", daemon=True)
+    # The caller's context (its current tracing span, say) goes with the run.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(target,), name="evalexec-run", daemon=True)
     with termination_handler(config.termination_signal, handle.on_signal):
         thread.start()
         try:
@@ -254,7 +256,10 @@ def stream_on_thread(
         finally:
             results.put(None)
 
-    thread = threading.Thread(target=target, name="evalexec-stream", daemon=True)
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run, args=(target,), name="evalexec-stream", daemon=True
+    )
     thread.start()
     try:
         while True:

@@ -513,6 +513,7 @@ class SyncExecutor(_Controls):
             checkpoint=self.checkpoint,
             controller=self._concurrency_controller,
             check_output=partial(refuse_awaitable, self.generate),
+            kind="threads",
             gates=self._gates,
             limiter=self.limiter,
             cost=self.cost,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import sys
 import threading
 import types
@@ -33,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from evalexec import executors as _ours
-from evalexec.executors import SyncExecutor, _check_int
+from evalexec._checks import check_int
+from evalexec.executors import SyncExecutor
 
 __all__ = ["EXECUTOR_NAMES", "install", "installed", "is_installed", "uninstall"]
 
@@ -122,7 +122,7 @@ def install(*, sync_concurrency: int = 8, replace_rate_limiters: bool = True) ->
     package to install, when neither ``phoenix.evals`` nor ``phoenix.client`` is importable.
     """
     options = _Options(
-        sync_concurrency=_check_int("sync_concurrency", sync_concurrency, 1),
+        sync_concurrency=check_int("sync_concurrency", sync_concurrency, 1),
         replace_rate_limiters=_check_bool("replace_rate_limiters", replace_rate_limiters),
     )
     global _state
@@ -201,18 +201,16 @@ def _import_if_installed(name: str) -> types.ModuleType | None:
 def _sync_executor_class(concurrency: int) -> type[SyncExecutor]:
     """evalexec's SyncExecutor as Phoenix constructs it, with ``concurrency`` filled in.
 
-    Phoenix passes only its own arguments; ``concurrency`` is passed only when evalexec's
-    SyncExecutor accepts it and Phoenix's caller did not give one. One class per value, so
-    that installing again with the same options binds the same objects.
+    Phoenix passes only its own arguments, so ``concurrency`` is filled in unless the
+    caller gave one. One class per value, so that installing again with the same options
+    binds the same objects.
     """
-    accepts = "concurrency" in inspect.signature(SyncExecutor).parameters
 
     class PhoenixSyncExecutor(SyncExecutor):
         __doc__ = f"evalexec's SyncExecutor running up to {concurrency} calls at once."
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if accepts:
-                kwargs.setdefault("concurrency", concurrency)
+            kwargs.setdefault("concurrency", concurrency)
             super().__init__(*args, **kwargs)
 
     PhoenixSyncExecutor.__module__ = __name__
