@@ -511,3 +511,26 @@ def test_the_otel_extra_brings_the_opentelemetry_api_alone() -> None:
         "optional-dependencies"
     ]
     assert extras["otel"] == ["opentelemetry-api>=1.20"]
+
+
+def test_a_sequential_sync_run_sends_a_run_span_and_a_span_per_attempt(spans: Spans) -> None:
+    """Phoenix's default sync path (one call at a time in the calling thread) is traced too,
+    with a user's span inside the function nested under its attempt."""
+    fake = FakeGenerate({"b": [("error", 0), ("ok", 0)]})
+
+    def gen(item: str) -> str:
+        with spans.user.start_as_current_span(f"llm {item}"):
+            return fake.sync(item)
+
+    outputs, _ = SyncExecutor(gen, backoff=None).run(["a", "b"])
+    assert outputs == [output_for("a"), output_for("b")]
+    run = spans.run()
+    assert attr(run, "evalexec.executor") == "sync"
+    assert attr(run, "evalexec.run.stop_reason") == "completed"
+    assert attr(run, "evalexec.status.completed") == 1
+    assert attr(run, "evalexec.status.completed_with_retries") == 1
+    attempts = spans.attempts()
+    assert outcomes(attempts) == [(0, 1, "ok"), (1, 1, "error"), (1, 2, "ok")]
+    assert {parent_id(a) for a in attempts} == {span_id(run)}
+    (llm_a,) = spans.named("llm a")
+    assert parent_id(llm_a) == span_id(attempts[0])

@@ -26,6 +26,7 @@ from evalexec._messages import StopReason
 from evalexec._progress import Progress
 from evalexec._retry import decide
 from evalexec._signals import termination_handler
+from evalexec._telemetry import NO_TELEMETRY, RunTelemetry, start_run
 
 __all__ = ["Interrupted", "Sequential", "refuse_awaitable"]
 
@@ -56,6 +57,7 @@ class Sequential:
         self.finished = 0
         self.final_counts: Counter[ExecutionStatus] = Counter()
         self.retries = 0
+        self.telemetry: RunTelemetry = NO_TELEMETRY
 
     # -- control from code (any thread) -------------------------------------------------
     def pause(self) -> None:
@@ -142,6 +144,15 @@ class Sequential:
         stop_at = math.inf if config.deadline is None else started + config.deadline
         resumed = self.resumed
         final_counts = self.final_counts
+        telemetry = self.telemetry = start_run(
+            executor="sync",
+            function=config.function,
+            total=total,
+            concurrency=1,
+            max_retries=config.max_retries,
+            timeout=math.inf,
+        )
+        traced = telemetry is not NO_TELEMETRY
         drawn = 0
         completed = ExecutionStatus.COMPLETED
         unchecked = True  # the first output tells whether the function is async by mistake
@@ -199,7 +210,7 @@ class Sequential:
                                 self.stop = "deadline"
                                 break
                             try:
-                                output, error = self.call(item, record)
+                                output, error = self.call(item, record, index, 1)
                             except Interrupted:
                                 break
                             if self.stop is not None:
@@ -209,6 +220,8 @@ class Sequential:
                                 refuse_awaitable(generate, output)
                             if error is None:
                                 record.status = completed
+                                if traced:
+                                    telemetry.attempt_ended(index, "ok")
                             else:
                                 finished, output, tries = self.retry(
                                     index, item, record, stop_at, error
@@ -226,6 +239,8 @@ class Sequential:
                         self.finished += 1
                         final_counts[record.status] += 1
                         progress.advance(record.status)
+                        if traced:
+                            telemetry.final(record.status)
                         if stream:
                             handler.close()  # a stream left open never keeps our handler
                             yield index, output, record
@@ -241,6 +256,7 @@ class Sequential:
                     finally:
                         inputs_seen = drawn if total is None else total
                         progress.close(inputs_seen, self.retries, clock() - started)
+                        telemetry.run_ended(self.stop or "completed", inputs_seen, None)
         finally:
             self.in_call = False
             if self.stop == "deadline":
@@ -258,6 +274,10 @@ class Sequential:
         while True:
             details.log_exception(error)
             verdict = decide(error, errors, config.max_retries, config.backoff)
+            if self.telemetry is not NO_TELEMETRY:
+                self.telemetry.attempt_errored(index, error, verdict)
+                if verdict.cooldown:
+                    self.telemetry.cooldown(verdict.cooldown)
             if not verdict.retry:
                 details.fail()
                 cause = say.describe(error)
@@ -276,7 +296,7 @@ class Sequential:
             if self.stop is not None:
                 return False, None, errors
             try:
-                output, failure = self.call(item, details)
+                output, failure = self.call(item, details, index, errors + 1)
             except Interrupted:
                 return False, None, errors
             if self.stop is not None:
@@ -285,12 +305,18 @@ class Sequential:
                 error = failure
                 continue
             details.complete()
+            if self.telemetry is not NO_TELEMETRY:
+                self.telemetry.attempt_ended(index, "ok")
             return True, output, errors
 
-    def call(self, item: Any, details: ExecutionDetails) -> tuple[Any, Exception | None]:
+    def call(
+        self, item: Any, details: ExecutionDetails, index: int, attempt: int
+    ) -> tuple[Any, Exception | None]:
         """One attempt: ``(output, None)`` or ``(None, error)``; its seconds are added to
         `details`. The first termination signal raises `Interrupted` out of it."""
         clock = self.clock
+        telemetry = self.telemetry
+        entered = None if telemetry is NO_TELEMETRY else telemetry.attempt_started(index, attempt)
         start = clock()
         self.in_call = True
         try:
@@ -300,6 +326,8 @@ class Sequential:
         finally:
             self.in_call = False
             details.execution_seconds += clock() - start
+            if entered is not None:
+                telemetry.attempt_left(entered)
 
     def wait_to_retry(self, seconds: float) -> bool:
         """Sleep between attempts; False if the run was asked to stop, before or during it."""
