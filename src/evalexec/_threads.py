@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable
@@ -30,6 +31,7 @@ from evalexec._signals import termination_handler
 __all__ = ["RunHandle", "ThreadCalls", "drive_on_thread", "stream_on_thread"]
 
 _Job = tuple["asyncio.Future[Any]", contextvars.Context, Any]
+_thread_numbers = itertools.count(1)  # names threads apart in logs, tracebacks and traces
 
 
 class ThreadCalls:
@@ -60,7 +62,8 @@ class ThreadCalls:
         # variables, and so tracing spans, reach the function on its thread.
         self._jobs.put((future, contextvars.copy_context(), item))
         if spawn:
-            threading.Thread(target=self._serve, name="evalexec-call", daemon=True).start()
+            name = f"evalexec-call-{next(_thread_numbers)}"
+            threading.Thread(target=self._serve, name=name, daemon=True).start()
         return future
 
     def close(self) -> None:
