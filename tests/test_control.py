@@ -203,3 +203,18 @@ def test_an_async_run_is_paused_and_cancelled_from_another_thread() -> None:
     assert done >= 1
     assert statuses(details) == [S.COMPLETED] * done + [S.DID_NOT_RUN] * (100 - done)
     assert outputs[:done] == list(range(done))
+
+
+@pytest.mark.looptime
+async def test_a_pause_never_outlives_the_runs_it_held() -> None:
+    """Paused, then cancelled: the executor's next run is not born paused."""
+    fake = FakeGenerate(default=("ok", 1.0))
+    executor = AsyncExecutor(fake, concurrency=2)
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.5, executor.pause)
+    loop.call_later(0.6, executor.cancel)
+    await executor.execute(list(range(6)))
+    start = loop.time()
+    outputs, _ = await executor.execute(["a", "b"])
+    assert outputs == [output_for("a"), output_for("b")]
+    assert loop.time() - start == 1.0

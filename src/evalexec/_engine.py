@@ -278,6 +278,7 @@ class Run:
             if config.gates is None
             else config.gates.get(config.concurrency)
         )
+        self.gate.users += 1
         self.telemetry = start_run(
             executor=config.kind,
             function=config.function,
@@ -342,7 +343,7 @@ class Run:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # from the user's iterable (or the checkpoint)
-            self.crash(exc, partial=True)
+            self.crash(exc, from_inputs=True)
         except BaseException as exc:  # KeyboardInterrupt and the like, from the iterable
             self.crash(exc)
         finally:
@@ -377,7 +378,7 @@ class Run:
             try:
                 self.store.record(work.index, work.key, output, work.details)
             except CheckpointError as exc:
-                self.crash(exc, partial=True)
+                self.crash(exc, from_inputs=True)
         self._final(work.index, output, work.details)
         self.end_if_done()
 
@@ -583,10 +584,10 @@ class Run:
             self.stop = reason
             self.stopped.set()
 
-    def crash(self, exc: BaseException, *, partial: bool = False) -> None:
+    def crash(self, exc: BaseException, *, from_inputs: bool = False) -> None:
         if self.error is None:
             self.error = exc
-            self.error_is_partial = partial
+            self.error_is_partial = from_inputs
         self.end("error")
 
     def interrupt(self, announce: bool = True) -> None:
@@ -720,8 +721,11 @@ class Run:
         for handle in self.delayed.values():
             handle.cancel()
         self.steering.close()
-        if self.config.gates is None:
-            self.gate.close()  # a shared gate lives as long as its loop
+        self.gate.users -= 1
+        if self.gate.users == 0:
+            self.gate.resume()  # a pause from code ends with the last run that shares it
+            if self.config.gates is None:
+                self.gate.close()  # a shared gate lives as long as its loop
         try:
             if self.store is not None:
                 self.store.close()

@@ -30,7 +30,16 @@ class Gate:
     is free for it, so waking never makes ``borrowed`` pass ``limit``.
     """
 
-    __slots__ = ("_borrowed", "_held", "_limit", "_loop", "_paused_until", "_timer", "_waiters")
+    __slots__ = (
+        "_borrowed",
+        "_held",
+        "_limit",
+        "_loop",
+        "_paused_until",
+        "_timer",
+        "_waiters",
+        "users",
+    )
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -42,6 +51,7 @@ class Gate:
         self._paused_until = -math.inf  # loop time before which no permit is handed out
         self._timer: asyncio.TimerHandle | None = None  # wakes waiters when a pause ends
         self._held = False  # paused from code (`hold`) until `resume`, however long
+        self.users = 0  # runs using this gate now (an executor's runs on one loop share it)
 
     # -- the limit ----------------------------------------------------------------------
     @property
