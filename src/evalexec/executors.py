@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -149,15 +150,53 @@ class _LiveRuns:
             return self._runs[-1]
 
 
-class _Controls:
-    """Steer the runs of an executor while they go on, from any thread.
+class _ExecutorBase:
+    """What both executors share: their settings as a run's frozen config, and the
+    controls that steer their runs while they go on, from any thread.
 
     Each method acts on every run of this executor in progress and returns how many it
     reached; with none in progress it does nothing and returns 0.
     """
 
     _live: _LiveRuns
+    _gates: GatePerLoop
+    _concurrency_controller: Any
+    generate: Callable[[Any], Any]
     concurrency: int
+    max_retries: int
+    exit_on_error: bool
+    fallback_return_value: Any
+    timeout: float
+    backoff: Backoff | None
+    deadline: float | None
+    termination_signal: signal.Signals | None
+    tqdm_bar_format: str | None
+    checkpoint: Checkpoint | None
+    limiter: Limiter | None
+    cost: Callable[[Any], int] | None
+    usage: Callable[[Any], int | None] | None
+
+    def _config(self) -> RunConfig:
+        """The executor's settings, frozen for one run."""
+        return RunConfig(
+            call=self.generate,
+            function=self.generate,
+            concurrency=self.concurrency,
+            max_retries=self.max_retries,
+            exit_on_error=self.exit_on_error,
+            fallback=self.fallback_return_value,
+            timeout=self.timeout,
+            backoff=self.backoff,
+            deadline=self.deadline,
+            termination_signal=self.termination_signal,
+            bar_format=self.tqdm_bar_format,
+            checkpoint=self.checkpoint,
+            controller=self._concurrency_controller,
+            gates=self._gates,
+            limiter=self.limiter,
+            cost=self.cost,
+            usage=self.usage,
+        )
 
     def pause(self) -> int:
         """Start no new call until `resume()`; calls already in flight go on."""
@@ -194,7 +233,7 @@ class _Controls:
 # AsyncExecutor
 
 
-class AsyncExecutor(_Controls):
+class AsyncExecutor(_ExecutorBase):
     """Run a coroutine function over many inputs, concurrently, with retries.
 
     Args:
@@ -361,33 +400,12 @@ class AsyncExecutor(_Controls):
         """Take queued inputs while the gate lets this worker in, and attempt them."""
         await run.work()
 
-    def _config(self) -> RunConfig:
-        return RunConfig(
-            call=self.generate,
-            function=self.generate,
-            concurrency=self.concurrency,
-            max_retries=self.max_retries,
-            exit_on_error=self.exit_on_error,
-            fallback=self.fallback_return_value,
-            timeout=self.timeout,
-            backoff=self.backoff,
-            deadline=self.deadline,
-            termination_signal=self.termination_signal,
-            bar_format=self.tqdm_bar_format,
-            checkpoint=self.checkpoint,
-            controller=self._concurrency_controller,
-            gates=self._gates,
-            limiter=self.limiter,
-            cost=self.cost,
-            usage=self.usage,
-        )
-
 
 # --------------------------------------------------------------------------------------
 # SyncExecutor
 
 
-class SyncExecutor(_Controls):
+class SyncExecutor(_ExecutorBase):
     """Run a plain function over many inputs, with retries: one call at a time in the
     calling thread, or `concurrency` calls at once on worker threads.
 
@@ -498,26 +516,11 @@ class SyncExecutor(_Controls):
                 yield from sequential.steps(inputs, total, None, None, stream=True)
 
     def _config(self) -> RunConfig:
-        return RunConfig(
-            call=self.generate,  # replaced by the run's ThreadCalls
-            function=self.generate,
-            concurrency=self.concurrency,
-            max_retries=self.max_retries,
-            exit_on_error=self.exit_on_error,
-            fallback=self.fallback_return_value,
-            timeout=self.timeout,
-            backoff=self.backoff,
-            deadline=self.deadline,
-            termination_signal=self.termination_signal,
-            bar_format=self.tqdm_bar_format,
-            checkpoint=self.checkpoint,
-            controller=self._concurrency_controller,
+        # `call` is replaced by the run's ThreadCalls (threads) or unused (sequential).
+        return dataclasses.replace(
+            super()._config(),
             check_output=partial(refuse_awaitable, self.generate),
             kind="threads",
-            gates=self._gates,
-            limiter=self.limiter,
-            cost=self.cost,
-            usage=self.usage,
         )
 
 
