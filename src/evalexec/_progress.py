@@ -88,8 +88,9 @@ class Progress:
         else:
             tqdm.write(message, file=sys.stderr)
 
-    def close(self, inputs: int, retries: int, seconds: float) -> None:
-        """Close the bar and write the summary line: counts of each status of `inputs`."""
+    def close(self, inputs: int, retries: int, seconds: float, note: str = "") -> None:
+        """Close the bar and write the summary line: counts of each status of `inputs`,
+        then `note` when there is one."""
         bar = self._bar
         if bar is None:
             return
@@ -100,4 +101,5 @@ class Progress:
             (ExecutionStatus.DID_NOT_RUN.value, max(0, inputs - sum(self._counts.values())))
         )
         parts = ", ".join(f"{count} {status.lower()}" for status, count in counts)
-        self.write(f"evalexec: {parts}; {retries} retries; {seconds:.1f} s")
+        tail = f"; {note}" if note else ""
+        self.write(f"evalexec: {parts}; {retries} retries; {seconds:.1f} s{tail}")
