@@ -617,6 +617,7 @@ class Run:
             if wait:
                 limiter.report_rate_limit(self.gate.pause_remaining() or None)
             say.budget_learned(self.learned.describe())
+            self.progress.note = say.learned_budget(self.learned.describe())
             self.progress.refresh(force=True)
 
     def fail(self, work: _Work, cause: str) -> None:
@@ -785,13 +786,7 @@ class Run:
         finally:
             inputs_seen = self.produced if self.total is None else self.total
             self.telemetry.run_ended(self.stop or "cancelled", inputs_seen, self.error)
-            learned = "" if self.learned is None else self.learned.describe()
-            self.progress.close(
-                inputs_seen,
-                self.retries,
-                self.loop.time() - self.started_at,
-                note=say.learned_budget(learned) if learned else "",
-            )
+            self.progress.close(inputs_seen, self.retries, self.loop.time() - self.started_at)
 
 
 async def drive(
