@@ -4,7 +4,10 @@ import asyncio
 import inspect
 import logging
 import signal
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,8 @@ from hypothesis import settings
 
 import evalexec._progress
 from tests.fakes import RecordingBar, previous_sigint_handler
+from tests.integration.servers import stop as stop_server
+from tests.provider_server import ProviderServer
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +60,32 @@ def bars(monkeypatch: pytest.MonkeyPatch) -> type[RecordingBar]:
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile("long", max_examples=5000, deadline=None)
 settings.load_profile("ci")
+
+
+@pytest.fixture
+def provider_server() -> Iterator[Callable[..., ProviderServer]]:
+    """Start tests/provider_server.py (OpenAI's and Anthropic's APIs, rate-limited) with
+    ``(latency=..., rpm=..., tpm=..., quiet_successes=...)`` on a free port of 127.0.0.1;
+    every one started is stopped by PID at the end of the test."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(
+        *, latency: float = 0.0, rpm: int = 0, tpm: int = 0, quiet_successes: bool = False
+    ) -> ProviderServer:
+        command = [sys.executable, "-m", "tests.provider_server", "--latency", str(latency)]
+        command += ["--rpm", str(rpm), "--tpm", str(tpm)]
+        if quiet_successes:
+            command.append("--quiet-successes")
+        root = Path(__file__).resolve().parent.parent
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=root)
+        processes.append(process)
+        assert process.stdout is not None
+        first = process.stdout.readline()  # the server prints its port once it listens
+        if not first.startswith("PORT "):
+            pytest.fail(f"the local provider server did not start: {first!r}")
+        port = int(first.split()[1])
+        return ProviderServer(f"http://127.0.0.1:{port}", latency, rpm, process.pid)
+
+    yield start
+    for process in processes:
+        stop_server(process)

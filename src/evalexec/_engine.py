@@ -33,9 +33,12 @@ from evalexec._checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from evalexec._controller import ConcurrencyController
 from evalexec._details import ExecutionDetails, ExecutionStatus
 from evalexec._gate import Gate
+from evalexec._headers import parse_rate_limit_headers
+from evalexec._learned import LearnedBudget, RequestCount, current_run, heard, response_headers
+from evalexec._learned import retry_hint_from_headers as _hint_from_headers
 from evalexec._messages import StopReason
 from evalexec._progress import Progress
-from evalexec._retry import Backoff, decide
+from evalexec._retry import DEFAULT_MAX_HINT, Backoff, decide
 from evalexec._signals import termination_handler
 from evalexec._telemetry import NO_TELEMETRY, RunTelemetry, start_run
 from evalexec.exceptions import ErrorKind
@@ -307,6 +310,11 @@ class Run:
         self.delayed: dict[int, asyncio.TimerHandle] = {}  # retries waiting out a backoff
         self.attempting: set[asyncio.Task[None]] = set()  # workers inside an attempt
         self.progress = Progress(total, config.bar_format, self.status_text, loop.time)
+        # Budgets: the caller's limiter, or (without one) one learned from the provider's
+        # rate-limit headers once a response states them (evalexec._learned).
+        self.limiter: Limiter | None = config.limiter
+        self.learned = LearnedBudget() if config.limiter is None else None
+        self.requests_sent = RequestCount()  # HTTP requests seen by evalexec.httpx's hooks
 
     # -- the life of an input -----------------------------------------------------------
     async def produce(self, inputs: Iterable[Any]) -> None:
@@ -422,7 +430,7 @@ class Run:
         loop = self.loop
         task = asyncio.current_task()
         assert task is not None
-        limiter = config.limiter
+        limiter = self.limiter
         permit: Permit | None = None
         if limiter is not None:
             permit = await self._admit(limiter, work)
@@ -436,6 +444,7 @@ class Run:
         error: BaseException | None = None
         output: Any = None
         traced = self.telemetry.attempt_started(work.index, work.attempts)  # current span
+        reporting = current_run.set(self)  # evalexec.httpx's hooks report to this run
         try:
             async with scope:
                 awaitable = config.call(work.input)
@@ -450,6 +459,7 @@ class Run:
         except Exception as exc:
             error = exc
         finally:
+            current_run.reset(reporting)
             self.telemetry.attempt_left(traced)
             elapsed = loop.time() - start
             work.details.execution_seconds += elapsed
@@ -499,7 +509,7 @@ class Run:
         return None
 
     def _give_back(self, permit: Permit, output: Any) -> None:
-        assert self.config.limiter is not None
+        assert self.limiter is not None
         used = None
         usage = self.config.usage
         if usage is not None and output is not None:
@@ -510,7 +520,7 @@ class Run:
                     "evalexec: usage() raised %s; the estimate stands", say.describe(exc)
                 )
         try:
-            self.config.limiter.release(permit, used)
+            self.limiter.release(permit, used)
         except ValueError as exc:  # a usage the limiter cannot take
             logger.warning("evalexec: %s", exc)
 
@@ -540,23 +550,20 @@ class Run:
         work.details.log_exception(exc)
         verdict = decide(exc, work.errors, config.max_retries, config.backoff)
         self.telemetry.attempt_errored(work.index, exc, verdict)
-        if verdict.report.kind is ErrorKind.RATE_LIMIT:
+        if verdict.report.kind is ErrorKind.RATE_LIMIT and not heard(exc):
+            # (A refusal that evalexec.httpx's hook already reported is counted once.)
             self.rate_limits += 1
             self.steering.refused(started_at, self.inflight)
-            if verdict.cooldown:
-                self.gate.pause_for(verdict.cooldown)
-                self.telemetry.cooldown(verdict.cooldown)
-                self.progress.refresh(force=True)
-            if config.limiter is not None:
-                config.limiter.report_rate_limit(verdict.cooldown)
+            self._cool_down(verdict.cooldown)
+            self._learn(response_headers(exc), started_at, self.inflight, verdict.cooldown or 0.0)
         if not verdict.retry:
             cause = say.describe(exc)
             self.fail(work, cause)
             if verdict.stop_run:
                 if self.stop is None:
                     say.stopped_early(self.progress.write, verdict.reason, cause)
-                if config.limiter is not None and verdict.report.kind is not ErrorKind.MISUSE:
-                    config.limiter.report_quota_exhausted(verdict.reason)
+                if self.limiter is not None and verdict.report.kind is not ErrorKind.MISUSE:
+                    self.limiter.report_quota_exhausted(verdict.reason)
                 # A provider's stop lets admitted calls finish; a misuse fails them all.
                 self.end("failed" if verdict.report.kind is ErrorKind.MISUSE else "quota")
             return
@@ -564,6 +571,55 @@ class Run:
         self.retries += 1
         say.retrying(work.index, work.attempts - 1, say.describe(exc), verdict.delay)
         self.requeue(work, verdict.delay)
+
+    def _cool_down(self, seconds: float | None) -> None:
+        """The provider refused a call: start nothing new for `seconds` (its hint)."""
+        if seconds:
+            self.gate.pause_for(seconds)
+            self.telemetry.cooldown(seconds)
+            self.progress.refresh(force=True)
+        if self.limiter is not None:
+            self.limiter.report_rate_limit(seconds)
+
+    def observe_response(
+        self, status: int, headers: Any, sent_at: float | None = None, sent_after: int = 0
+    ) -> None:
+        """An HTTP response that an attempt's client received, the SDK's own retries
+        included (evalexec.httpx's hooks; on the loop). `sent_at` is when its request
+        went out (loop time), `sent_after` how many of the run's requests went out since.
+
+        A 429 pauses new calls for its hint and counts as a rate limit for the
+        controller; any response's rate-limit headers teach the budget.
+        """
+        sent = self.loop.time() if sent_at is None else sent_at
+        wait = None
+        if status == 429:
+            self.rate_limits += 1
+            self.steering.refused(sent, self.inflight)
+            hint = _hint_from_headers(headers)
+            backoff = self.config.backoff
+            longest = DEFAULT_MAX_HINT if backoff is None else backoff.max_hint
+            # A longer wait stops the run when the SDK's error reaches us (errored).
+            wait = hint if hint is not None and hint <= longest else 0.0
+            self._cool_down(wait)
+        self._learn(headers, sent, sent_after, wait)
+
+    def _learn(self, headers: Any, sent_at: float, sent_after: int, wait: float | None) -> None:
+        """Teach the run's budget what a response's rate-limit headers say (`wait` is
+        None for a success, the hint honoured for a 429)."""
+        if self.learned is None:
+            return  # the caller's limiter is the budget
+        info = parse_rate_limit_headers(headers)
+        if info is None:
+            return
+        limiter = self.learned.observe(info, sent_at, sent_after, wait)
+        if limiter is not None:
+            self.limiter = limiter
+            if wait:
+                limiter.report_rate_limit(self.gate.pause_remaining() or None)
+            say.budget_learned(self.learned.describe())
+            self.progress.note = say.learned_budget(self.learned.describe())
+            self.progress.refresh(force=True)
 
     def fail(self, work: _Work, cause: str) -> None:
         work.details.fail()
@@ -648,7 +704,7 @@ class Run:
 
     def cooldown(self) -> float:
         """Seconds left of a provider's pause, here or (with a shared limiter) anywhere."""
-        limiter = self.config.limiter
+        limiter = self.limiter
         shared = 0.0 if limiter is None else limiter.pause_remaining()
         return max(self.gate.pause_remaining(), shared)
 
@@ -660,6 +716,8 @@ class Run:
             parts.append(f"rate_limited={self.rate_limits}")
         if self.failures:
             parts.append(f"failed={self.failures}")
+        if self.learned is not None and self.learned.limiter is not None:
+            parts.append(self.learned.describe())
         cooldown = self.cooldown()
         if cooldown >= 0.5:
             parts.append(f"cooldown={cooldown:.0f}s")
@@ -707,8 +765,8 @@ class Run:
                         task.cancel()
                     try:
                         await asyncio.gather(*tasks, return_exceptions=True)
-                        if config.limiter is not None:
-                            await asyncio.shield(config.limiter.flush())
+                        if self.limiter is not None:
+                            await asyncio.shield(self.limiter.flush())
                     finally:
                         self._close()
         finally:

@@ -15,12 +15,14 @@ from evalexec.exceptions import describe_error
 
 __all__ = [
     "StopReason",
+    "budget_learned",
     "cancelled",
     "describe",
     "failed",
     "inputs_fewer_than_len",
     "inputs_more_than_len",
     "interrupted",
+    "learned_budget",
     "retrying",
     "stopped_early",
     "timed_out",
@@ -59,6 +61,20 @@ def stopped_early(write: Callable[[str], None], reason: str, cause: str) -> None
         f"evalexec: stopping the run: {reason} ({cause}). "
         "Calls already in flight finish; finished outputs are kept."
     )
+
+
+def budget_learned(budget: str) -> None:
+    """The provider's rate-limit headers stated its limits; the run paces to them."""
+    logger.info(
+        "evalexec: the provider's rate-limit headers give its budget (%s per minute); "
+        "pacing the rest of the run to it",
+        budget,
+    )
+
+
+def learned_budget(budget: str) -> str:
+    """The summary line's note on a budget learned from the provider."""
+    return f"budget learned from the provider: {budget}"
 
 
 def deadline_passed(seconds: float | None) -> None:

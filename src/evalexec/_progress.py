@@ -37,7 +37,7 @@ class Progress:
     counts the final statuses it is told of, for the summary line written at the end.
     """
 
-    __slots__ = ("_bar", "_clock", "_counts", "_last_status", "_status")
+    __slots__ = ("_bar", "_clock", "_counts", "_last_status", "_status", "note")
 
     def __init__(
         self,
@@ -50,6 +50,7 @@ class Progress:
         self._clock = clock
         self._last_status = -_STATUS_EVERY_SECONDS
         self._counts: Counter[str] = Counter()
+        self.note = ""  # ends the summary line when set (a budget learned, say)
         self._bar: Any = None
         if bar_format is not None:
             self._bar = tqdm(total=total, bar_format=bar_format)
@@ -89,7 +90,8 @@ class Progress:
             tqdm.write(message, file=sys.stderr)
 
     def close(self, inputs: int, retries: int, seconds: float) -> None:
-        """Close the bar and write the summary line: counts of each status of `inputs`."""
+        """Close the bar and write the summary line: counts of each status of `inputs`,
+        then the `note` when there is one."""
         bar = self._bar
         if bar is None:
             return
@@ -100,4 +102,5 @@ class Progress:
             (ExecutionStatus.DID_NOT_RUN.value, max(0, inputs - sum(self._counts.values())))
         )
         parts = ", ".join(f"{count} {status.lower()}" for status, count in counts)
-        self.write(f"evalexec: {parts}; {retries} retries; {seconds:.1f} s")
+        tail = f"; {self.note}" if self.note else ""
+        self.write(f"evalexec: {parts}; {retries} retries; {seconds:.1f} s{tail}")
