@@ -171,20 +171,5 @@ def _spend_down(
     sent_after: int,
 ) -> None:
     """Let `limiter` hold at most what the provider says was left at `at`, less the
-    `sent_after` requests sent since; never more than it holds already.
-
-    The limiter's schedule is GCRA (`evalexec.limits._Schedule`): its bucket holds ``n``
-    starts at time ``t`` when ``rtat = t + burst - n * step``. Moving ``rtat`` (or
-    ``ttat`` for tokens) only later takes budget away; the limiter wakes its waiters on
-    its own timers, so nothing else needs telling.
-    """
-    budgets = limiter.budgets
-    schedule = limiter._schedule
-    if budgets.rpm is not None and requests_left is not None:
-        step = budgets.period / budgets.rpm
-        held = min(float(requests_left), budgets.burst / step) - sent_after
-        schedule.rtat = max(schedule.rtat, at + budgets.burst - held * step)
-    if budgets.tpm is not None and tokens_left is not None:
-        per_token = budgets.period / budgets.tpm
-        held = min(float(tokens_left), budgets.burst / per_token)
-        schedule.ttat = max(schedule.ttat, at + budgets.burst - held * per_token)
+    `sent_after` requests sent since; never more than it holds already."""
+    limiter.hold_at_most(requests_left, tokens_left, at, sent_after)

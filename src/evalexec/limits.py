@@ -435,6 +435,28 @@ class LocalLimiter:
             _resolve(turn)
         self._poke()
 
+    def hold_at_most(
+        self, requests_left: int | None, tokens_left: int | None, at: float, sent_after: int = 0
+    ) -> None:
+        """Hold at most `requests_left` starts and `tokens_left` tokens as of loop time `at`
+        (less `sent_after` requests sent since): what a provider said was left. Only ever
+        takes budget away, never adds it.
+
+        The schedule is GCRA: its bucket holds ``n`` starts at time ``t`` when
+        ``rtat = t + burst - n * step``, so moving ``rtat`` (or ``ttat`` for tokens) later
+        takes budget away; waiters wake on the limiter's own timers.
+        """
+        budgets = self.budgets
+        schedule = self._schedule
+        if budgets.rpm is not None and requests_left is not None:
+            step = budgets.period / budgets.rpm
+            held = min(float(requests_left), budgets.burst / step) - sent_after
+            schedule.rtat = max(schedule.rtat, at + budgets.burst - held * step)
+        if budgets.tpm is not None and tokens_left is not None:
+            per_token = budgets.period / budgets.tpm
+            held = min(float(tokens_left), budgets.burst / per_token)
+            schedule.ttat = max(schedule.ttat, at + budgets.burst - held * per_token)
+
     def pause_remaining(self) -> float:
         return max(0.0, self._pause_until - _clock.now())
 
