@@ -38,6 +38,7 @@ from evalexec._progress import Progress
 from evalexec._retry import Backoff, decide
 from evalexec._signals import termination_handler
 from evalexec._telemetry import NO_TELEMETRY, RunTelemetry, start_run
+from evalexec._watchdog import Watchdog
 from evalexec.exceptions import ErrorKind
 from evalexec.limits import CostExceedsBudget, Limiter, LimiterStopped, LimiterUnavailable, Permit
 
@@ -306,6 +307,7 @@ class Run:
         self.delayed: dict[int, asyncio.TimerHandle] = {}  # retries waiting out a backoff
         self.attempting: set[asyncio.Task[None]] = set()  # workers inside an attempt
         self.progress = Progress(total, config.bar_format, self.status_text, loop.time)
+        self.watchdog = Watchdog(config.function, loop)  # a call that holds the loop
 
     # -- the life of an input -----------------------------------------------------------
     async def produce(self, inputs: Iterable[Any]) -> None:
@@ -441,7 +443,7 @@ class Run:
                 if not inspect.isawaitable(awaitable):
                     self.crash(_not_awaitable(config.function, awaitable))
                     return
-                output = await awaitable
+                output = await self.watchdog.watch(awaitable)
         except asyncio.CancelledError as exc:
             if task.cancelling():
                 raise
