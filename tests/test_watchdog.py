@@ -79,11 +79,11 @@ async def test_each_run_reports_its_own_blocking_call(
 async def test_a_later_call_that_blocks_is_noticed_too(
     warnings_logged: pytest.LogCaptureFixture,
 ) -> None:
-    """Calls are timed in a sample (one in SAMPLE_EVERY, the first among them), so a
-    function that blocks only now and then is still found."""
+    """The calls of a sample of the inputs are timed (one in SAMPLE_EVERY, the first
+    among them), so a function that blocks only now and then is still found."""
 
     async def blocks_once(item: int) -> int:
-        if item == SAMPLE_EVERY:  # with one call at a time, the first sampled after the first
+        if item == SAMPLE_EVERY:  # the first input sampled after the first
             time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251  # the mistake, now and then
         await asyncio.sleep(1.0)
         return item

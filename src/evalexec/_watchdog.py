@@ -13,10 +13,10 @@ to pause the process for 100 ms inside one of them to be mistaken for a blocking
 (A heartbeat timer on the loop, the other way, reads every pause of a loaded machine
 between two beats as a stall, and wakes the loop all run long.)
 
-Cost: one attempt in `SAMPLE_EVERY` is timed, the run's first among them, and none once
-the run has warned; the others pay one method call. Timing every attempt would add
-about 6% to the engine's cost per call (bench ``overhead``); a function that blocks
-does so on most of its calls, so the sample finds it at once.
+Cost: only the attempts of one input in `SAMPLE_EVERY` are timed (inputs 0, 16, 32, ...:
+the engine tests the index), and none once the run has warned. Timing every attempt
+would add about 8% to the engine's cost per call (bench ``overhead``); a function that
+blocks does so on most of its calls, so the sample finds it at once.
 
 A step may also run the loop itself: after ``nest_asyncio.apply()``, an ``asyncio.run``
 inside the function runs the same loop, and other calls go on meanwhile. On such a
@@ -40,30 +40,25 @@ logger = logging.getLogger("evalexec")
 # A step of the function that runs longer than this on the real clock held the loop.
 # Far above any step of a coroutine that only awaits (microseconds).
 HELD_SECONDS = 0.1
-# One attempt in this many is timed, the run's first included.
+# The attempts of one input in this many are timed: those whose index is a multiple.
 SAMPLE_EVERY = 16
 
 
 class Watchdog:
     """One run's watch over its attempts: warns the first time a step holds the loop."""
 
-    __slots__ = ("_function", "_loop", "_reentrant", "_until_next", "armed")
+    __slots__ = ("_function", "_loop", "_reentrant", "armed")
 
     def __init__(self, function: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> None:
         self._function = function  # named in the warning
         self._loop = loop
         # Only a loop patched by nest_asyncio can run inside one of its own steps.
         self._reentrant = bool(getattr(loop, "_nest_patched", False))
-        self._until_next = 1  # attempts until the next timed one (1: the next is)
         self.armed = True  # False once the run has warned
 
     def watch(self, awaitable: Awaitable[Any]) -> Awaitable[Any]:
-        """`awaitable` itself, or timed step by step when it is a coroutine, its turn
-        has come and the run has not warned yet."""
-        self._until_next -= 1
-        if self._until_next:
-            return awaitable
-        self._until_next = SAMPLE_EVERY
+        """`awaitable`, timed step by step if it is a coroutine and the run has not
+        warned yet."""
         if self.armed and type(awaitable) is CoroutineType:
             return _Timed(awaitable, self)
         return awaitable
