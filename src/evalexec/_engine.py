@@ -38,7 +38,7 @@ from evalexec._progress import Progress
 from evalexec._retry import Backoff, decide
 from evalexec._signals import termination_handler
 from evalexec._telemetry import NO_TELEMETRY, RunTelemetry, start_run
-from evalexec._watchdog import SAMPLE_EVERY, Watchdog
+from evalexec._watchdog import SAMPLE_PERIOD, SAMPLE_SIZE, Watchdog
 from evalexec.exceptions import ErrorKind
 from evalexec.limits import CostExceedsBudget, Limiter, LimiterStopped, LimiterUnavailable, Permit
 
@@ -443,7 +443,7 @@ class Run:
                 if not inspect.isawaitable(awaitable):
                     self.crash(_not_awaitable(config.function, awaitable))
                     return
-                if not work.index % SAMPLE_EVERY:  # a sample of the inputs is timed
+                if work.index % SAMPLE_PERIOD < SAMPLE_SIZE:  # a sample of inputs is timed
                     awaitable = self.watchdog.watch(awaitable)
                 output = await awaitable
         except asyncio.CancelledError as exc:

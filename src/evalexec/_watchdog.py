@@ -13,10 +13,15 @@ to pause the process for 100 ms inside one of them to be mistaken for a blocking
 (A heartbeat timer on the loop, the other way, reads every pause of a loaded machine
 between two beats as a stall, and wakes the loop all run long.)
 
-Cost: only the attempts of one input in `SAMPLE_EVERY` are timed (inputs 0, 16, 32, ...:
-the engine tests the index), and none once the run has warned. Timing every attempt
-would add about 8% to the engine's cost per call (bench ``overhead``); a function that
-blocks does so on most of its calls, so the sample finds it at once.
+One held step is not enough: a first call that loads something once (a lazy import, a
+tokenizer) holds the loop once, and the fix the warning names would not apply to it. A
+blocking call holds it on every call, so the run warns at its second held step.
+
+Cost: only the attempts of `SAMPLE_SIZE` inputs in every `SAMPLE_PERIOD` are timed
+(inputs 0, 1, 32, 33, ...: the engine tests the index), and none once the run has
+warned. Timing every attempt would add about 8% to the engine's cost per call (bench
+``overhead``); a function that blocks does so on most of its calls, so the sample finds
+it at once.
 
 A step may also run the loop itself: after ``nest_asyncio.apply()``, an ``asyncio.run``
 inside the function runs the same loop, and other calls go on meanwhile. On such a
@@ -33,27 +38,31 @@ from time import perf_counter
 from types import CoroutineType
 from typing import Any
 
-__all__ = ["HELD_SECONDS", "SAMPLE_EVERY", "Watchdog"]
+__all__ = ["HELD_SECONDS", "SAMPLE_PERIOD", "SAMPLE_SIZE", "Watchdog"]
 
 logger = logging.getLogger("evalexec")
 
 # A step of the function that runs longer than this on the real clock held the loop.
 # Far above any step of a coroutine that only awaits (microseconds).
 HELD_SECONDS = 0.1
-# The attempts of one input in this many are timed: those whose index is a multiple.
-SAMPLE_EVERY = 16
+# The inputs whose attempts are timed: those whose index modulo SAMPLE_PERIOD is below
+# SAMPLE_SIZE (two in a row, so that even a run of two inputs can confirm a first held
+# step; one in sixteen in all).
+SAMPLE_PERIOD = 32
+SAMPLE_SIZE = 2
 
 
 class Watchdog:
-    """One run's watch over its attempts: warns the first time a step holds the loop."""
+    """One run's watch over its attempts: warns the second time a step holds the loop."""
 
-    __slots__ = ("_function", "_loop", "_reentrant", "armed")
+    __slots__ = ("_function", "_held", "_loop", "_reentrant", "armed")
 
     def __init__(self, function: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> None:
         self._function = function  # named in the warning
         self._loop = loop
         # Only a loop patched by nest_asyncio can run inside one of its own steps.
         self._reentrant = bool(getattr(loop, "_nest_patched", False))
+        self._held = 0  # steps of the run that held the loop (timed ones)
         self.armed = True  # False once the run has warned
 
     def watch(self, awaitable: Awaitable[Any]) -> Awaitable[Any]:
@@ -72,8 +81,11 @@ class Watchdog:
         return turned
 
     def step_ended(self, seconds: float, turned: list[bool] | None) -> None:
-        """A step took `seconds`: if that held the loop, warn (once per run)."""
+        """A step took `seconds`: if that held the loop a second time, warn (once per run)."""
         if seconds <= HELD_SECONDS or not self.armed or (turned is not None and turned[0]):
+            return
+        self._held += 1
+        if self._held < 2:
             return
         self.armed = False
         fn = self._function

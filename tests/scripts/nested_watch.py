@@ -1,7 +1,7 @@
 """Calls that run an event loop inside an attempt, after nest_asyncio.apply().
 
 Driven by tests/test_watchdog.py; prints one JSON object: per case, the outputs of a
-one-input run and how many "held the event loop" warnings it logged.
+two-input run and how many "held the event loop" warnings it logged.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ async def main() -> dict[str, Any]:
     for case in (reentrant, nested_run, blocking):
         recorder.messages.clear()
         executor = AsyncExecutor(case, concurrency=1, termination_signal=None)
-        outputs, _ = await executor.execute([10])
+        outputs, _ = await executor.execute([10, 11])
         report[case.__name__] = {
             "outputs": outputs,
             "warnings": sum(HELD in message for message in recorder.messages),
