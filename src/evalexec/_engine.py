@@ -41,6 +41,7 @@ from evalexec._progress import Progress
 from evalexec._retry import DEFAULT_MAX_HINT, Backoff, decide
 from evalexec._signals import termination_handler
 from evalexec._telemetry import NO_TELEMETRY, RunTelemetry, start_run
+from evalexec._watchdog import SAMPLE_PERIOD, SAMPLE_SIZE, Watchdog
 from evalexec.exceptions import ErrorKind
 from evalexec.limits import CostExceedsBudget, Limiter, LimiterStopped, LimiterUnavailable, Permit
 
@@ -315,6 +316,7 @@ class Run:
         self.limiter: Limiter | None = config.limiter
         self.learned = LearnedBudget() if config.limiter is None else None
         self.requests_sent = RequestCount()  # HTTP requests seen by evalexec.httpx's hooks
+        self.watchdog = Watchdog(config.function, loop)  # a call that holds the loop
 
     # -- the life of an input -----------------------------------------------------------
     async def produce(self, inputs: Iterable[Any]) -> None:
@@ -451,6 +453,8 @@ class Run:
                 if not inspect.isawaitable(awaitable):
                     self.crash(_not_awaitable(config.function, awaitable))
                     return
+                if work.index % SAMPLE_PERIOD < SAMPLE_SIZE:  # a sample of inputs is timed
+                    awaitable = self.watchdog.watch(awaitable)
                 output = await awaitable
         except asyncio.CancelledError as exc:
             if task.cancelling():
