@@ -14,18 +14,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import inspect
 import itertools
 import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench import shared_redis
 from bench.impls import (
     DID_NOT_RUN,
     AsyncRunner,
@@ -53,11 +56,13 @@ from bench.metrics import (
 from bench.provider import (
     OK,
     PLAN_HANG,
+    RATE_LIMITED,
     AsyncProvider,
     Latency,
     ProviderConfig,
     ProviderReport,
     SyncProvider,
+    build_report,
 )
 from bench.vclock import run_virtual
 
@@ -893,20 +898,23 @@ def _rate_single(
     exit_on_error: bool = False,
     scale_by_completion: bool = True,
     cap: float | None = None,
+    more_options: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[Measurement, ProviderReport, list[str]]:
-    """One executor over `n` inputs against `config` (already compressed to `tb`)."""
+    """One executor over `n` inputs against `config` (already compressed to `tb`);
+    `more_options()`, called inside the run's loop, adds constructor arguments."""
     provider = AsyncProvider(config)
     inputs = list(range(n))
     cap = cap if cap is not None else _default_cap(ideal, tb)
     options = compressed_options(impl, tb.k)
 
     async def main() -> tuple[Any, bool]:
+        extra = {} if more_options is None else more_options()
         runner = make_async(
             impl,
             provider.client(""),
             concurrency=conc,
             exit_on_error=exit_on_error,
-            options=options,
+            options={**options, **extra},
         )
         return await _bounded(runner.execute(inputs), cap)
 
@@ -1087,6 +1095,240 @@ def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
     )
 
 
+# ---------------------------------------------------------------- budgets: limiter=
+#
+# The same providers, with evalexec told the budget (`limiter=`) instead of finding it by
+# its 429s. Phoenix and the floor have no limiter: their rows are n/a.
+
+NO_LIMITER = {
+    "phoenix": "n/a: Phoenix's AsyncExecutor has no limiter=",
+    "floor": "n/a: the floor has no limiter",
+}
+
+
+def _local_limiter(tb: Timebase, **budgets: Any) -> Any:
+    """A `LocalLimiter` with `budgets` per provider minute, its burst of one second of the
+    original scenario: both time constants divided by the time base's `k`. Raises
+    `RowSkipped` for an evalexec whose executors take no `limiter=`."""
+    executors = load_module("evalexec")
+    if "limiter" not in inspect.signature(executors.AsyncExecutor).parameters:
+        raise RowSkipped("evalexec's AsyncExecutor has no limiter= (yet)")
+    limits = importlib.import_module("evalexec.limits")
+    return limits.LocalLimiter(**budgets, burst=1.0 / tb.k, period_seconds=tb.minute)
+
+
+def _refusal_notes(report: ProviderReport, target: float, eff: float) -> list[str]:
+    refused = report.outcomes.get(RATE_LIMITED, 0)
+    verdict = "met" if eff >= target and refused == 0 else "NOT MET"
+    return [f"refused {refused}", f"target >= {target:g} of ideal with no refusal: {verdict}"]
+
+
+def rpm500_budget(impl: str, quick: bool, tb: Timebase) -> Measurement:
+    """`rpm500` with ``limiter=LocalLimiter(rpm=500)``: the executor paces itself."""
+    n, conc = (400 if quick else 2000), 20
+    reduced = not tb.virtual and n > RPM500_REAL_N
+    if reduced:
+        n = RPM500_REAL_N
+    config = ProviderConfig(
+        latency=LLM_LATENCY, requests_per_minute=500.0, bucket_capacity=10, seed=SEED
+    ).compressed(tb.k)
+    assert config.requests_per_minute is not None
+    ideal = n / (config.requests_per_minute / 60.0)
+    _local_limiter(tb, rpm=500)  # n/a rows are known before the run
+
+    def limiter() -> dict[str, Any]:
+        return {"limiter": _local_limiter(tb, rpm=500)}
+
+    m, report, _ = _rate_single(impl, config, n, conc, ideal, tb, more_options=limiter)
+    m.notes.insert(1, waste_note(report))
+    m.notes.insert(2, "limiter=LocalLimiter(rpm=500)")
+    m.notes.append(_per_minute_note(report, tb))
+    m.notes += _refusal_notes(report, 0.98, m.efficiency or 0.0)
+    m.extra["refused"] = report.outcomes.get(RATE_LIMITED, 0)
+    if reduced:
+        m.notes.insert(1, f"N = {n} (virtual: 2000, as rpm500-rt)")
+    return m
+
+
+def shared4_limiter(impl: str, quick: bool, tb: Timebase) -> Measurement:
+    """`shared4` with one `LocalLimiter(rpm=500)` shared by the four executors: what a
+    `RedisLimiter` on one key does for four processes, in one loop."""
+    k, n, conc = 4, (100 if quick else 500), 20
+    config = ProviderConfig(
+        latency=LLM_LATENCY, requests_per_minute=500.0, bucket_capacity=10, seed=SEED
+    ).compressed(tb.k)
+    assert config.requests_per_minute is not None
+    provider = AsyncProvider(config)
+    ideal = k * n / (config.requests_per_minute / 60.0)
+    cap = _default_cap(ideal, tb)
+    options = compressed_options(impl, tb.k)
+    _local_limiter(tb, rpm=500)
+    batches = [list(range(i * n, (i + 1) * n)) for i in range(k)]
+    finish: list[float] = [0.0] * k
+    started = [0.0]
+
+    async def main() -> tuple[Any, bool]:
+        started[0] = asyncio.get_running_loop().time()
+        shared = _local_limiter(tb, rpm=500)
+
+        async def one(i: int) -> Any:
+            runner = make_async(
+                impl,
+                provider.client(f"e{i}"),
+                concurrency=conc,
+                exit_on_error=False,
+                options={**options, "limiter": shared},
+            )
+            result = await runner.execute(batches[i])
+            finish[i] = asyncio.get_running_loop().time() - started[0]
+            return result
+
+        return await _bounded(asyncio.gather(*(one(i) for i in range(k))), cap)
+
+    (result, hung), wall, real = _run_clocked(main, tb)
+    report = provider.report(tb.minute)
+    notes = [tb.header(real), waste_note(report), "one LocalLimiter(rpm=500) for all four"]
+    done_total, jain, per_exec = _per_executor(result, hung, batches, finish, tb, notes)
+    if hung:
+        notes.append(f"HUNG: no return after {cap:g} {tb.unit} (cancelled)")
+    refused = report.outcomes.get(RATE_LIMITED, 0)
+    by_tag = Counter(r.tag for r in provider.records if r.outcome == RATE_LIMITED)
+    notes.append(
+        f"refused {refused} ({', '.join(f'{t}: {by_tag[t]}' for t in sorted(by_tag))})"
+        if refused
+        else "refused 0"
+    )
+    notes.append(f"Jain fairness {jain:.3f}")
+    notes.append("; ".join(per_exec))
+    notes += provider_notes(report, conc)
+    eff = 0.0 if hung else efficiency(ideal, wall, done_total, k * n)
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=eff,
+        incomplete=done_total < k * n,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra={
+            "jain": jain,
+            "refused": refused,
+            "real_seconds": real,
+            "hung": hung,
+            "finish": finish,
+            "k": tb.k,
+            "n": k * n,
+        },
+    )
+
+
+def _shared4_processes(impl: str, quick: bool, shared: bool) -> Measurement:
+    """`shared4` in four real processes (see `bench/shared_redis.py`), compressed as the
+    -rt rows: with one RedisLimiter shared (`shared`) or adaptive control alone."""
+    binary = shared_redis.redis_available()
+    if shared:
+        _local_limiter(COMPRESSED, rpm=500)  # RowSkipped for an evalexec without limiter=
+    tb = COMPRESSED
+    k, n, conc = 4, (100 if quick else 500), 20
+    config = ProviderConfig(
+        latency=LLM_LATENCY, requests_per_minute=500.0, bucket_capacity=10, seed=SEED
+    ).compressed(tb.k)
+    assert config.requests_per_minute is not None
+    ideal = k * n / (config.requests_per_minute / 60.0)
+    server = shared_redis.RedisProcess(binary)
+    try:
+        key = f"bench-{time.time_ns()}"
+        specs = [
+            shared_redis.ProcessSpec(
+                f"e{i}",
+                list(range(i * n, (i + 1) * n)),
+                server.url,
+                key,
+                shared,
+                config,
+                tb.k,
+                conc,
+            )
+            for i in range(k)
+        ]
+        (results, started), real = timed(lambda: shared_redis.run_four(specs))
+    finally:
+        server.stop()
+    records = shared_redis.to_records([row for r in results for row in r["records"]])
+    report = build_report(records, config, tb.minute)
+    finish = [r["finished"] - started for r in results]
+    wall = max(finish)
+    how = (
+        "one RedisLimiter(rpm=500) on one key for all four processes"
+        if shared
+        else "no limiter: each process's adaptive control alone"
+    )
+    notes = [
+        f"4 processes, real time compressed {tb.k:g}x (spawn and set-up excluded; "
+        f"{real:.1f} s in all)",
+        waste_note(report),
+        how,
+    ]
+    batches = [spec.inputs for spec in specs]
+    result = [(r["outputs"], r["statuses"]) for r in results]
+    done_total, jain, per_exec = _per_executor(result, False, batches, finish, tb, notes)
+    refused = report.outcomes.get(RATE_LIMITED, 0)
+    by_tag = Counter(r.tag for r in records if r.outcome == RATE_LIMITED)
+    notes.append(
+        f"refused {refused} ({', '.join(f'{t}: {by_tag[t]}' for t in sorted(by_tag))})"
+        if refused
+        else "refused 0"
+    )
+    notes.append(f"Jain fairness {jain:.3f}")
+    notes.append("; ".join(per_exec))
+    notes.append(_per_minute_note(report, tb))
+    notes += provider_notes(report, conc)
+    return Measurement(
+        wall=wall,
+        ideal=ideal,
+        efficiency=efficiency(ideal, wall, done_total, k * n),
+        incomplete=done_total < k * n,
+        calls=report.calls,
+        wasted=report.wasted,
+        notes=notes,
+        extra={
+            "jain": jain,
+            "refused": refused,
+            "real_seconds": real,
+            "finish": finish,
+            "k": tb.k,
+            "n": k * n,
+        },
+    )
+
+
+def _per_executor(
+    result: Any,
+    hung: bool,
+    batches: list[list[int]],
+    finish: list[float],
+    tb: Timebase,
+    notes: list[str],
+) -> tuple[int, float, list[str]]:
+    """(inputs completed, Jain's index of the executors' throughputs, one line each);
+    misaligned outputs are added to `notes`."""
+    if hung:
+        return 0, 0.0, []
+    done_total = 0
+    throughputs: list[float] = []
+    lines: list[str] = []
+    for i, (outputs, statuses) in enumerate(result):
+        done = completed(statuses)
+        done_total += done
+        throughputs.append(done / finish[i] if finish[i] > 0 else 0.0)
+        when = f"{finish[i]:.0f}" if tb.k == 1 else f"{finish[i]:.2f}"
+        lines.append(f"e{i}: {done} done by {when} s")
+        bad = misaligned(batches[i], outputs, statuses)
+        if bad:
+            notes.append(f"MISALIGNED [e{i}] {bad}")
+    return done_total, jain_fairness(throughputs), lines
+
+
 def _timed_pair(
     name: str, run: Callable[[str, bool, Timebase], Measurement], summary: str
 ) -> list[Scenario]:
@@ -1101,6 +1343,14 @@ def _timed_pair(
             twin=name,
         ),
     ]
+
+
+def _budget_pair(
+    name: str, run: Callable[[str, bool, Timebase], Measurement], summary: str
+) -> list[Scenario]:
+    """`_timed_pair` for a scenario that only evalexec can run."""
+    pair = _timed_pair(name, run, summary)
+    return [replace(s, skip=dict(NO_LIMITER)) for s in pair]
 
 
 def _inflight_plain(impl: str, quick: bool, tb: Timebase) -> Measurement:
@@ -1173,5 +1423,30 @@ SCENARIOS: dict[str, Scenario] = {
         *_timed_pair("inflight8-hints", _inflight_hints, "as inflight8, 429s carry retry-after: 1"),
         *_timed_pair("quota", quota, "every call: insufficient_quota 429 after 0.5 s"),
         *_timed_pair("shared4", shared4, "4 executors x 500 inputs share one 500 req/min provider"),
+        *_budget_pair("rpm500-budget", rpm500_budget, "rpm500 with limiter=LocalLimiter(rpm=500)"),
+        *_budget_pair(
+            "shared4-limiter",
+            shared4_limiter,
+            "shared4 with one LocalLimiter(rpm=500) shared by the 4 executors",
+        ),
+        Scenario(
+            "shared4-redis",
+            lambda impl, quick: _shared4_processes(impl, quick, shared=True),
+            "shared4 in 4 real processes sharing one RedisLimiter(rpm=500); real time / 34",
+            skip=dict(NO_LIMITER),
+            compression=COMPRESSION,
+            twin="shared4-limiter",
+        ),
+        Scenario(
+            "shared4-procs",
+            lambda impl, quick: _shared4_processes(impl, quick, shared=False),
+            "shared4 in 4 real processes, adaptive control alone; real time / 34",
+            skip={
+                "phoenix": "n/a: the 4 processes run evalexec's executor",
+                "floor": "n/a: the 4 processes run evalexec's executor",
+            },
+            compression=COMPRESSION,
+            twin="shared4",
+        ),
     ]
 }
