@@ -274,11 +274,6 @@ async def test_calls_the_other_run_already_started_finish_when_the_shared_limite
 
 
 @pytest.mark.looptime
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: with exit_on_error=True, Run.fail() ends the run as 'failed' "
-    "before Run.errored() can end it as 'quota', so calls in flight are cancelled",
-)
 async def test_with_the_default_exit_on_error_a_quota_stop_still_lets_calls_in_flight_finish() -> (
     None
 ):

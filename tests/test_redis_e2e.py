@@ -84,18 +84,7 @@ def run_three(limiter: RedisLimiter, provider: ProviderServer) -> dict[str, Any]
 
 @pytest.mark.parametrize(
     "max_wait",
-    [
-        0.0,
-        pytest.param(
-            5.0,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="RedisLimiter bug: a start reserved ahead (max_wait > 0) sleeps until "
-                "its slot and starts without looking at a pause another process shared "
-                "meanwhile (limits.py RedisLimiter._granted)",
-            ),
-        ),
-    ],
+    [0.0, 5.0],
     ids=["no-reservations", "reservations"],
 )
 def test_one_processs_429_pauses_all_three_and_every_input_finishes(

@@ -427,17 +427,29 @@ class Run:
             self.crash(exc)  # the run stops in order, then drive() raises it
 
     async def attempt(self, work: _Work) -> None:
-        """Make one attempt on `work`, then settle what happens next."""
+        """Make one attempt on `work` (within a permit of the limiter, if there is one)."""
+        limiter = self.limiter
+        if limiter is None:
+            await self._try(work)
+            return
+        permit = await self._admit(limiter, work)
+        if permit is None:
+            return
+        output = None
+        try:
+            output = await self._try(work)
+        finally:
+            # After the outcome is settled, so a rate limit is reported (a pause shared
+            # with other processes) before the slot is free for another start.
+            self._give_back(permit, output)
+
+    async def _try(self, work: _Work) -> Any:
+        """Call the function once on `work` and settle what happens next; the output
+        if the input COMPLETED now, else None."""
         config = self.config
         loop = self.loop
         task = asyncio.current_task()
         assert task is not None
-        limiter = self.limiter
-        permit: Permit | None = None
-        if limiter is not None:
-            permit = await self._admit(limiter, work)
-            if permit is None:
-                return
         self.inflight += 1
         self.attempting.add(task)
         self.steering.started(self.inflight)
@@ -452,7 +464,7 @@ class Run:
                 awaitable = config.call(work.input)
                 if not inspect.isawaitable(awaitable):
                     self.crash(_not_awaitable(config.function, awaitable))
-                    return
+                    return None
                 if work.index % SAMPLE_PERIOD < SAMPLE_SIZE:  # a sample of inputs is timed
                     awaitable = self.watchdog.watch(awaitable)
                 output = await awaitable
@@ -469,8 +481,6 @@ class Run:
             work.details.execution_seconds += elapsed
             self.inflight -= 1
             self.attempting.discard(task)
-            if permit is not None:
-                self._give_back(permit, output if error is None else None)
         if scope.expired():
             # Timed out, whether the function let the cancellation through or swallowed
             # it and returned something: a value returned after our cancellation is
@@ -487,12 +497,14 @@ class Run:
         elif error is not None:
             self.errored(work, error, start)
         elif config.check_output is not None and self._misused(output):
-            return
+            pass
         else:
             self.telemetry.attempt_ended(work.index, "ok")
             work.details.complete()
             self.steering.succeeded(elapsed)
             self.finish(work, output)
+            return output
+        return None
 
     async def _admit(self, limiter: Limiter, work: _Work) -> Permit | None:
         """The limiter's leave to start `work`, or None when the input cannot start."""
@@ -562,14 +574,15 @@ class Run:
             self._learn(response_headers(exc), started_at, self.inflight, verdict.cooldown or 0.0)
         if not verdict.retry:
             cause = say.describe(exc)
-            self.fail(work, cause)
             if verdict.stop_run:
                 if self.stop is None:
                     say.stopped_early(self.progress.write, verdict.reason, cause)
                 if self.limiter is not None and verdict.report.kind is not ErrorKind.MISUSE:
                     self.limiter.report_quota_exhausted(verdict.reason)
                 # A provider's stop lets admitted calls finish; a misuse fails them all.
+                # It comes before fail(), whose exit_on_error stop would cancel them.
                 self.end("failed" if verdict.report.kind is ErrorKind.MISUSE else "quota")
+            self.fail(work, cause)
             return
         work.errors += 1
         self.retries += 1

@@ -755,7 +755,10 @@ class RedisLimiter:
                 backoff = _BACKOFF_FIRST
                 status = reply[0]
                 if status == "ok":
-                    return await self._granted(link, permit_id, tokens, reply)
+                    permit = await self._granted(link, permit_id, tokens, reply)
+                    if permit is not None:
+                        return permit
+                    continue  # a pause or a stop came while it waited for its slot
                 if status == "stop":
                     self._stopped(str(reply[1]))
                     continue
@@ -789,19 +792,35 @@ class RedisLimiter:
         if task.result()[0] == "ok":
             self._send_release(Permit(permit_id, tokens, 0.0), None, never_started=True)
 
-    async def _granted(self, link: _Link, permit_id: str, tokens: int, reply: Any) -> Permit:
+    async def _granted(self, link: _Link, permit_id: str, tokens: int, reply: Any) -> Permit | None:
+        """The permit; None when a pause or a stop began while it waited for its slot
+        (the slot is handed back, never started)."""
         wait = float(reply[1]) / 1_000_000
         permit = Permit(permit_id, tokens, float(reply[2]) / 1_000_000)
         self._live[permit_id] = permit
         self._keep_alive(link)
-        if wait > 0:  # a start reserved a little ahead: sleep until it
-            try:
-                await asyncio.sleep(wait)
-            except asyncio.CancelledError:
-                if self._live.pop(permit_id, None) is not None:
-                    self._send_release(permit, None, never_started=True)
-                raise
-        return permit
+        if wait <= 0:
+            return permit
+        try:  # a start reserved a little ahead: sleep until it, then look again
+            await asyncio.sleep(wait)
+            async with link.client.pipeline(transaction=False) as pipe:
+                pipe.get(self.keys["stop"])
+                pipe.pttl(self.keys["pause"])
+                reason, paused_ms = await pipe.execute()
+        except BaseException:
+            if self._live.pop(permit_id, None) is not None:
+                self._send_release(permit, None, never_started=True)
+            raise
+        loop = asyncio.get_running_loop()
+        if reason is not None:
+            self._stopped(str(reason))
+        elif paused_ms > 0:
+            self._pause_until = max(self._pause_until, loop.time() + paused_ms / 1000)
+        elif self._pause_until <= loop.time() and self._stop_reason is None:
+            return permit
+        if self._live.pop(permit_id, None) is not None:
+            self._send_release(permit, None, never_started=True)
+        return None
 
     async def _acquire_locally(self, tokens: int) -> Permit:
         local = self._local
