@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import re
 from collections.abc import Sized
@@ -536,7 +537,7 @@ def test_a_million_successes_keep_at_most_one_window_of_state() -> None:
     controller = make(clock, initial_target=10, goodput_floor=0.9, episode_seconds=5)
     for i in range(1_000_000):
         clock.at(i / 1000)
-        controller.record_success(1.0)
+        controller.record_success(0.008)
     sizes = {
         name: len(value)
         for name, value in vars(controller).items()
@@ -546,9 +547,9 @@ def test_a_million_successes_keep_at_most_one_window_of_state() -> None:
     assert max(sizes.values()) <= 5001, sizes  # one 5-s window at one success per ms
     clock.at(1000.0)
     controller.record_error()
-    # Little's law over the last window: 5000 successes / 5 s * 1 s = 1000 sustained,
-    # capped at the target 10; the floor keeps 90 % of it, above the halving to 5.
-    assert controller.changes[-1] == TargetChange(1000.0, 10, 9, "rate limit")
+    # Little's law over the last window: 5000 successes x 8 ms / 5 s = 8 sustained; the
+    # floor keeps 90 % of it (7.2), above the halving to 5.
+    assert controller.changes[-1] == TargetChange(1000.0, 10, 7, "rate limit")
 
 
 def test_the_goodput_floor_counts_only_the_last_window_of_successes() -> None:
@@ -693,3 +694,181 @@ def test_timeouts_that_do_not_cut_never_cut_without_episodes() -> None:
     assert controller.target_concurrency == 8
     events(controller, clock, (10.0, "ok"))
     assert controller.target_concurrency == 9
+
+
+# -- toward the provider's limit ------------------------------------------------------------
+
+
+def test_a_fractional_controller_dispatches_by_the_float_target() -> None:
+    clock = Clock()
+    whole = make(clock, initial_target=3.6)
+    fractional = make(clock, initial_target=3.6, fractional=True)
+    assert (whole.dispatch_limit, whole.target_concurrency) == (3.0, 3)
+    assert (fractional.dispatch_limit, fractional.target_concurrency) == (3.6, 3)
+
+
+def test_the_start_ramp_lets_one_more_call_in_per_success_up_to_the_target() -> None:
+    clock = Clock()
+    controller = make(clock, max_concurrency=40, initial_target=40, start_share=0.5)
+    assert (controller.dispatch_limit, controller.target_concurrency) == (20.0, 40)
+    for _ in range(19):
+        controller.record_success(1.0)
+    assert controller.dispatch_limit == 39.0
+    controller.record_success(1.0)
+    controller.record_success(1.0)
+    assert controller.dispatch_limit == 40.0  # the ramp is over
+
+
+def test_the_first_issue_ends_the_ramp_and_cuts_from_its_level() -> None:
+    clock = Clock()
+    controller = make(
+        clock,
+        max_concurrency=40,
+        initial_target=40,
+        start_share=0.5,
+        episode_seconds=5,
+        collapse_error_threshold=0,
+    )
+    controller.observe_inflight(19)
+    events(controller, clock, (0.05, "error"))
+    assert [(c.old, c.new) for c in controller.changes] == [(40, 40), (40, 20), (20, 10)]
+    controller.record_success(1.0)
+    assert controller.dispatch_limit == 10.0  # no ramp any more
+
+
+def test_the_window_after_a_cut_grows_unless_it_sees_an_issue_of_its_own() -> None:
+    clock = Clock()
+    controller = make(
+        clock, initial_target=8, increase_step=1, episode_seconds=5, collapse_error_threshold=0
+    )
+    controller.observe_inflight(8)
+    events(controller, clock, (0.0, "ok"), (1.0, "error"))
+    assert controller.target_concurrency == 4
+    events(controller, clock, (6.0, "ok"))  # [1, 6) held only the cut
+    assert controller.target_concurrency == 5
+
+
+def test_the_goodput_floor_is_little_law_over_the_latencies_and_does_not_ratchet() -> None:
+    clock = Clock()
+    controller = make(
+        clock,
+        max_concurrency=100,
+        initial_target=20,
+        goodput_floor=0.9,
+        episode_seconds=5,
+        collapse_error_threshold=0,
+    )
+    for i in range(50):  # 50 successes of 2 s each within 5 s: 20 calls carried
+        clock.at(i / 10)
+        controller.record_success(2.0)
+    clock.at(5.0)
+    controller.record_error(started_at=4.9)
+    assert controller._target_concurrency == 18.0  # 90 % of 20
+    controller.record_error(started_at=5.0)  # a new episode, but 18 is already the floor
+    assert controller._target_concurrency == 18.0
+
+
+def test_once_successes_are_known_a_cut_to_the_calls_in_flight_keeps_the_floor_share() -> None:
+    clock = Clock()
+    controller = make(clock, initial_target=4, goodput_floor=0.9, episode_seconds=5)
+    for i in range(10):  # 10 x 2 s over 5 s: 4 carried
+        clock.at(i / 2)
+        controller.record_success(2.0)
+    controller.observe_inflight(1)  # one other call in flight when one was refused
+    clock.at(5.0)
+    controller.record_error(started_at=4.9)
+    assert controller._target_concurrency == 3.6  # not 1
+
+
+def plateau_controller(clock: Clock) -> ConcurrencyController:
+    return make(
+        clock,
+        max_concurrency=40,
+        initial_target=9,
+        increase_step=1,
+        episode_seconds=5,
+        goodput_floor=0.9,
+        plateau=True,
+        collapse_error_threshold=0,
+    )
+
+
+def refuse(controller: ConcurrencyController, clock: Clock, t: float, inflight: int) -> None:
+    clock.at(t)
+    controller.observe_inflight(inflight)
+    controller.record_error(started_at=t - 0.05)
+
+
+def busy(controller: ConcurrencyController, clock: Clock, start: float, end: float) -> None:
+    """Successes of 0.8 s every 0.1 s from `start` to `end`: 8 calls carried."""
+    for i in range(round((end - start) * 10)):
+        clock.at(start + i / 10)
+        controller.observe_inflight(8)
+        controller.record_success(0.8)
+
+
+def test_a_probe_refused_at_the_same_calls_in_flight_makes_a_plateau_probed_ever_less_often() -> (
+    None
+):
+    """A limit of 8 calls in flight: each probe above 8 is refused with 8 others in flight."""
+    clock = Clock()
+    controller = plateau_controller(clock)
+    probes: list[float] = []
+    t = 0.0
+    while t < 120:
+        busy(controller, clock, t, t + 0.5)
+        t += 0.5
+        if controller._target_concurrency > 8:
+            probes.append(t)
+            refuse(controller, clock, t, 8)
+    assert controller._knee == 8.0
+    # The first refusal (at 9, the start) and the next probe make the plateau; then
+    # each probe waits twice as many clean windows on it as the one before.
+    gaps = [round(b - a) for a, b in itertools.pairwise(probes)]
+    assert gaps == [6, 16, 20, 30]
+
+
+def test_refusals_at_varying_levels_make_no_plateau() -> None:
+    clock = Clock()
+    controller = plateau_controller(clock)
+    busy(controller, clock, 0.0, 5.0)
+    refuse(controller, clock, 5.0, 8)
+    busy(controller, clock, 5.0, 10.1)  # a clean window: above 8
+    refuse(controller, clock, 10.1, 6)  # a rate limit: refused wherever the bucket ran dry
+    assert controller._knee is None
+    busy(controller, clock, 10.1, 20.2)
+    assert controller._target_concurrency > 8  # nothing holds growth at 8
+
+
+def test_accelerated_growth_adds_one_more_step_per_clean_window_in_a_row() -> None:
+    clock = Clock()
+    controller = make(
+        clock,
+        max_concurrency=100,
+        initial_target=4,
+        increase_step=1,
+        accelerate=True,
+        episode_seconds=5,
+        collapse_error_threshold=0,
+    )
+    controller.observe_inflight(4)
+    events(controller, clock, *[(float(t), "ok") for t in range(0, 20, 5)])
+    assert controller._target_concurrency == 4 + 1 + 2 + 3
+    events(controller, clock, (16.0, "error"))  # an issue starts the count again
+    cut = controller._target_concurrency
+    events(controller, clock, (21.0, "ok"))
+    assert controller._target_concurrency == cut + 1
+
+
+def test_the_adaptive_controller_dispatches_fractionally_and_grows_faster() -> None:
+    controller = adaptive_controller(20, 20, 5.0, 1, 0.5, 1.0, clock=Clock())
+    assert (controller._fractional, controller._plateau, controller._accelerate) == (
+        True,
+        True,
+        True,
+    )
+
+
+def test_start_share_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match=r"^start_share must be in \[0, 1\], got 1\.5$"):
+        make(Clock(), start_share=1.5)

@@ -106,3 +106,29 @@ async def test_the_limit_is_at_least_one() -> None:
     assert gate.limit == 1
     with pytest.raises(ValueError, match="limit must be >= 1, got 0"):
         Gate(0)
+
+
+async def test_a_fractional_level_lets_the_last_permit_out_only_its_share_of_the_time() -> None:
+    """Level 1.5: one permit always, a second one at most half the time."""
+    loop = asyncio.get_running_loop()
+    gate = Gate(2)
+    gate.level = 1.5
+    assert (gate.limit, gate.level) == (2, 1.5)
+    await gate.acquire()
+    await gate.acquire()  # no debt yet: the part-time permit is free
+    await asyncio.sleep(1.0)
+    gate.release()  # it was out 1 s: a debt of 1 - 0.5 = 0.5 permit-seconds
+    start = loop.time()
+    await gate.acquire()  # paid at 0.5 per second
+    assert loop.time() - start == 1.0
+    assert gate.borrowed == 2
+
+
+async def test_a_whole_level_has_no_part_time_permit() -> None:
+    gate = Gate(3)
+    gate.level = 2.0
+    await gate.acquire()
+    await gate.acquire()
+    assert not gate.may_start()
+    gate.level = 2.25
+    assert gate.may_start()

@@ -106,14 +106,37 @@ class ConcurrencyController:
       simultaneous 429s is one signal, not N). When the error's attempt start time
       is given (``record_error(started_at=...)``), the episode holds exactly the
       calls started before the cut; otherwise it lasts one smoothed latency, at
-      most ``episode_seconds``. Windows that saw an issue never grow. Inside an
-      episode an error still caps the target at the calls in flight when it came
-      (see `observe_inflight`): the provider refused a call at that level.
+      most ``episode_seconds``. Windows that saw an issue never grow; the window
+      restarts at each cut with its counts cleared, so the first window after a cut
+      grows unless it sees an issue of its own. Inside an episode an error still
+      caps the target at the calls in flight when it came (see `observe_inflight`):
+      the provider refused a call at that level.
     * ``goodput_floor``: a cut never goes below this fraction of the concurrency
-      that recent successes show the provider sustains (Little's law: successes per
-      second over the last window times the smoothed latency). A fraction below 1
-      keeps the decrease multiplicative, so executors sharing a provider converge
-      to fair shares.
+      that recent successes show the provider sustains (Little's law: the seconds
+      of the successful calls that ended in the last window, divided by its length).
+      It is a floor in calls, not a share of the target, so refusals that follow a
+      cut do not ratchet the target down. A fraction below 1 keeps the decrease
+      multiplicative, so executors sharing a provider converge to fair shares. Once
+      successes are known, a cut to the calls in flight keeps this share of the
+      target too (losing one call per refusal would cut a small target far deeper
+      than a large one).
+    * ``fractional``: `dispatch_limit` is the float target, not its floor: at 3.6 a
+      fourth call may be in flight 60 % of the time (the engine's gate keeps that
+      share), where the floor would leave a provider that sustains 3.6 at 3.
+    * ``start_share``: the start ramp. The first calls go out at this share of the
+      target (rounded up) and each success lets one more in (two calls start per
+      success) until the target is reached; the first issue ends the ramp and the
+      cut starts from the ramp's level. A latency-bound run is at full concurrency
+      after one latency; a provider that refuses the start refuses half as many.
+    * ``plateau``: remember the calls in flight when the provider last refused one.
+      When a probe above that level is refused within one window at the same level
+      (a limit on calls in flight, not on their rate), growth stops there: it waits
+      one clean window before the next probe, then twice as many after each probe
+      refused at the same level.
+    * ``accelerate``: the n-th clean window in a row adds n times ``increase_step``
+      (an issue, or a window that does not grow, starts the count again), so a
+      target far below what the provider now allows (another executor finished)
+      climbs back in a few windows.
     * ``saturation``: a clean window grows the target only if the peak number of
       calls in flight reached ``saturation * target`` (report it with
       `observe_inflight`), so an idle run does not inflate its target.
@@ -155,6 +178,10 @@ class ConcurrencyController:
         saturation: float = 0.0,
         goodput_floor: float = 0.0,
         timeouts_cut: bool = True,
+        fractional: bool = False,
+        start_share: float = 0.0,
+        plateau: bool = False,
+        accelerate: bool = False,
         history_size: int = 1000,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -168,6 +195,8 @@ class ConcurrencyController:
             raise ValueError(f"decrease_ratio must be in (0, 1], got {decrease_ratio!r}")
         if not 0 < smoothing_factor <= 1:
             raise ValueError(f"smoothing_factor must be in (0, 1], got {smoothing_factor!r}")
+        if not 0 <= start_share <= 1:
+            raise ValueError(f"start_share must be in [0, 1], got {start_share!r}")
         if collapse_error_threshold < 0:
             raise ValueError(
                 f"collapse_error_threshold must be >= 0, got {collapse_error_threshold!r}"
@@ -188,6 +217,10 @@ class ConcurrencyController:
         self._saturation = float(saturation)
         self._goodput_floor = float(goodput_floor)
         self._timeouts_cut = timeouts_cut
+        self._fractional = fractional
+        self._start_share = float(start_share)
+        self._plateau = plateau
+        self._accelerate = accelerate
 
         # The float target, always within [1, max_concurrency]; read and written by
         # outside code as `_target_concurrency` (a property that logs outside writes).
@@ -210,7 +243,18 @@ class ConcurrencyController:
         self._inflight: int | None = None  # unknown until observe_inflight is called
         # Success times within the last window (only with a goodput floor); trimmed
         # on every success, so at most one window of successes is held.
-        self._success_times: deque[float] = deque()
+        self._success_times: deque[tuple[float, float]] = deque()  # (time, latency)
+        # The start ramp (with `start_share`): the first calls start at that share of the
+        # target, and each success lets one more in, until the target or the first issue.
+        self._ramp: float | None = None if self._start_share <= 0 else 0.0
+        # The plateau: the calls the provider held when it last refused one, and how many
+        # clean windows growth waits there before it probes above them again.
+        self._held: float | None = None
+        self._knee: float | None = None
+        self._probe_at: float | None = None
+        self._patience = 1
+        self._calm = 0
+        self._streak = 0
         # The latest errors, as many as a collapse needs (Phoenix's name).
         self._error_timestamps: deque[float] = deque(maxlen=max(1, self._collapse_error_threshold))
         self._smoothed_latency_seconds: float | None = None
@@ -222,6 +266,22 @@ class ConcurrencyController:
     @property
     def target_concurrency(self) -> int:
         return min(max(1, int(self._target)), self._max_concurrency)
+
+    @property
+    def dispatch_limit(self) -> float:
+        """How many calls the engine lets be in flight: `target_concurrency`, or with
+        ``fractional`` the float target itself (3.6: a fourth call 60 % of the time)."""
+        limit = self._target if self._fractional else float(self.target_concurrency)
+        ramp = self._ramp_level()
+        if ramp is not None:
+            limit = min(limit, ramp)
+        return min(max(1.0, limit), float(self._max_concurrency))
+
+    def _ramp_level(self) -> float | None:
+        if self._ramp is None:
+            return None
+        first = max(1.0, math.ceil(self._start_share * self._target))
+        return first + max(0.0, self._ramp)
 
     @property
     def max_concurrency(self) -> int:
@@ -263,11 +323,16 @@ class ConcurrencyController:
     def record_success(self, latency_seconds: float) -> None:
         now = self._now()
         self._success_count += 1
+        latency = float(latency_seconds)
         if self._goodput_floor > 0:
             times = self._success_times
-            times.append(now)
+            times.append((now, latency))
             self._trim_success_times(now)
-        latency = float(latency_seconds)
+        if self._ramp is not None:
+            self._ramp += 1.0
+            level = self._ramp_level()
+            if level is not None and level >= self._target:
+                self._ramp = None
         if self._smoothed_latency_seconds is None:
             self._smoothed_latency_seconds = latency
         else:
@@ -313,6 +378,11 @@ class ConcurrencyController:
     def _issue(self, now: float, reason: ChangeReason, started_at: float | None = None) -> None:
         """An error, or a timeout that cuts, was recorded (and counted) at `now`."""
         self._slow_start = False
+        ramp = self._ramp_level()
+        if ramp is not None:  # the ramp ends: the target is what was in use
+            self._ramp = None
+            if ramp < self._target:
+                self._set_target(ramp, now, reason)
         if self._episode_seconds <= 0:
             return
         if started_at is None:
@@ -320,24 +390,43 @@ class ConcurrencyController:
         else:
             new_episode = started_at >= self._last_cut_at
         if not new_episode:
+            if self._held is not None and self._inflight is not None:
+                self._held = min(self._held, float(max(self._inflight, 1)))
             if self._inflight is not None and self._inflight < self._target:
                 self._set_target(max(self._inflight, 1), now, reason)
             return
+        self._streak = 0
+        if self._plateau and self._inflight is not None:
+            held = float(max(self._inflight, 1))
+            quick = self._probe_at is not None and now - self._probe_at <= self._window_seconds
+            if quick and self._held is not None and abs(held - self._held) < 1:
+                if self._knee is not None and abs(held - self._knee) < 1:
+                    self._patience *= 2  # a probe above the plateau was refused: wait longer
+                else:
+                    self._knee = held
+                    self._patience = 1
+            else:
+                self._knee = None
+                self._patience = 1
+            self._held = held
+            self._probe_at = None
+            self._calm = 0
         length = self._episode_seconds
         if self._smoothed_latency_seconds is not None:
             length = min(length, self._smoothed_latency_seconds)
         self._episode_until = now + length
         self._last_cut_at = now
         self._set_target(self._cut(now), now, reason)
-        # The window restarts at the cut, counted as one with an issue: growth
-        # waits for a whole clean window after the one that holds the cut.
+        # The window restarts at the cut with its counts cleared: the cut answers what
+        # came before it, and a window after it grows unless it sees an issue itself.
         self._window_started_at = now
         self._window_peak_inflight = 0
+        self._success_count = self._timeout_count = self._error_count = 0
 
     def _trim_success_times(self, now: float) -> None:
         times = self._success_times
         horizon = now - self._window_seconds
-        while times and times[0] < horizon:
+        while times and times[0][0] < horizon:
             times.popleft()
 
     def _cut(self, now: float) -> float:
@@ -348,9 +437,20 @@ class ConcurrencyController:
         span = min(self._window_seconds, now - self._started_at)
         if latency is not None and span > 0:
             self._trim_success_times(now)
-            sustained = len(self._success_times) / span * latency
-            cut = max(cut, min(sustained, self._target) * self._goodput_floor)
-        return cut if self._inflight is None else min(cut, max(self._inflight, 1))
+            # Little's law over the window: the seconds of successful calls it holds,
+            # divided by its length, is how many calls the provider carried on average.
+            sustained = sum(seconds for _, seconds in self._success_times) / span
+            cut = min(self._target, max(cut, sustained * self._goodput_floor))
+        if self._inflight is None:
+            return cut
+        # The provider refused a call with `_inflight` others in flight: no more than
+        # that, except that once successes show what it sustains, a cut to the calls in
+        # flight keeps the floor's share of the target (a small target that lost one
+        # call per refusal would be cut far deeper than a large one).
+        held = float(max(self._inflight, 1))
+        if latency is not None:
+            held = max(held, self._goodput_floor * self._target)
+        return min(cut, held)
 
     def _window_issues(self) -> int:
         return self._error_count + (self._timeout_count if self._timeouts_cut else 0)
@@ -360,6 +460,7 @@ class ConcurrencyController:
         if now - self._window_started_at < self._window_seconds:
             return
         if self._window_issues():
+            self._streak = 0
             if self._episode_seconds <= 0:
                 reason: ChangeReason = "rate limit" if self._error_count else "timeout"
                 self._set_target(self._cut(now), now, reason)
@@ -370,12 +471,35 @@ class ConcurrencyController:
             if self._slow_start:
                 self._set_target(self._target * 2, now, "slow start")
             else:
-                self._set_target(self._target + self._increase_step, now, "clean window")
+                self._grow(now)
+        else:
+            self._streak = 0
         self._window_started_at = now
         self._success_count = 0
         self._timeout_count = 0
         self._error_count = 0
         self._window_peak_inflight = 0
+
+    def _grow(self, now: float) -> None:
+        """A clean window that was in use: add the step (times the streak when
+        accelerating), but stop at a known plateau until it is time to probe above it."""
+        self._streak += 1
+        grown = self._target + self._increase_step * (self._streak if self._accelerate else 1)
+        knee = self._knee
+        if knee is not None and grown > knee:
+            if self._target < knee:
+                grown = knee  # back up to the plateau
+            elif self._calm < self._patience:
+                self._calm += 1
+                self._streak = 0
+                return  # wait on the plateau
+            else:
+                self._calm = 0
+                grown = self._target + self._increase_step  # one step above it
+        held = self._held
+        if held is not None and self._probe_at is None and grown > held:
+            self._probe_at = now  # from now on the target is above the last refusal
+        self._set_target(grown, now, "clean window")
 
     def _set_target(self, target: float, now: float, reason: ChangeReason) -> None:
         before = self.target_concurrency
@@ -412,6 +536,21 @@ SLOW_START = True
 # Timeouts pause growth but do not cut: they say the provider is slow, not that it
 # refuses calls, and fewer calls in flight would not make each one faster.
 TIMEOUTS_CUT = False
+# Dispatch by the float target: a provider that sustains 4 calls in flight, cut by the
+# floor to 3.6, keeps 3.6 of them instead of 3 (a quarter of its rate).
+FRACTIONAL = True
+# No start ramp by default. `start_share=0.5` halves the calls a provider refuses at
+# the start (inflight8: 1.7 % of calls refused instead of 3.6 %) and costs a long
+# latency-bound run half of one latency, but a run of at most `concurrency` inputs
+# would wait one whole latency for its second half: twice as long.
+START_SHARE = 0.0
+# A limit on calls in flight refuses every probe above it: after two refusals at the
+# same level, probe it less and less often instead of once every two windows.
+PLATEAU = True
+# Clean windows in a row grow faster, so capacity another executor frees is taken
+# in a few windows; AIMD's fairness is kept (equal streaks grow equally, and the
+# executors that were refused least recently are the ones that climb).
+ACCELERATE = True
 
 
 def adaptive_controller(
@@ -439,6 +578,10 @@ def adaptive_controller(
         goodput_floor=GOODPUT_FLOOR,
         slow_start=SLOW_START,
         timeouts_cut=TIMEOUTS_CUT,
+        fractional=FRACTIONAL,
+        start_share=START_SHARE,
+        plateau=PLATEAU,
+        accelerate=ACCELERATE,
         clock=clock,
     )
 

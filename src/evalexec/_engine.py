@@ -205,11 +205,13 @@ class _Steering:
                 self._poll = loop.call_later(interval, self._look_again, loop, interval)
 
     def follow(self) -> None:
-        target = self.ceiling
-        if self._controller is not None:
-            target = min(target, int(self._controller.target_concurrency))
+        level: float = self.ceiling
+        if self._own:  # a fractional limit where the controller asks for one
+            level = min(level, self._controller.dispatch_limit)
+        elif self._controller is not None:
+            level = min(level, int(self._controller.target_concurrency))
         old = self._gate.limit
-        self._gate.limit = target
+        self._gate.level = level
         if self._gate.limit != old:
             self._telemetry.target_changed(old, self._gate.limit)
 

@@ -9,8 +9,14 @@ keeps the next borrowers waiting until enough permits have returned. On top of t
 limit, a pause (a provider's retry hint) holds every new borrower until it ends,
 while calls already in flight go on.
 
+The limit may be fractional (`level`): with a level of 3.6, three permits are always
+there and a fourth is out at most 60 % of the time. A provider that sustains 3.6 calls
+in flight is then used at 3.6, where a whole limit would leave it at 3 (a quarter
+less) or push it to 4 (and be refused).
+
 The gate decides in plain methods; waiting is one future per waiter, woken by
-`release`, a raised limit or the pause's end. Nothing polls.
+`release`, a raised limit, the pause's end or (for the fractional permit) the moment
+its share of time is earned back. Nothing polls.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from collections import deque
 
 __all__ = ["Gate"]
 
+# A debt this small (permit-seconds) counts as paid: the timer that waits for the debt
+# to reach 0 must not wake to a rounding error and wait again.
+_PAID = 1e-9
+
 
 class Gate:
     """At most `limit` permits out at once, and none handed out during a pause.
@@ -28,16 +38,29 @@ class Gate:
     Invariants: ``0 <= borrowed``; ``borrowed <= limit`` whenever a permit is handed
     out (it may exceed a limit cut afterwards); a waiter is woken only when a permit
     is free for it, so waking never makes ``borrowed`` pass ``limit``.
+
+    With a fractional `level` ``whole + share`` (``0 < share < 1``), ``limit`` is
+    ``whole + 1`` and the last permit is a part-time one. The gate keeps a debt in
+    permit-seconds: it grows by one per second while more than ``whole`` permits are
+    out and shrinks by ``share`` per second all the time (never below 0); the
+    part-time permit is handed out only when the debt is 0. Over any stretch in which
+    it is wanted, it is then out a ``share`` of the time, so the calls in flight
+    average ``level``. A whole level has no part-time permit and no debt.
     """
 
     __slots__ = (
         "_borrowed",
+        "_debt",
+        "_debt_at",
+        "_debt_timer",
         "_held",
         "_limit",
         "_loop",
         "_paused_until",
+        "_share",
         "_timer",
         "_waiters",
+        "_whole",
         "users",
     )
 
@@ -45,7 +68,12 @@ class Gate:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self._loop = asyncio.get_running_loop()
-        self._limit = limit
+        self._limit = limit  # the most permits out at once: whole, +1 when share > 0
+        self._whole = limit  # permits that are always there
+        self._share = 0.0  # the part of the time the part-time permit may be out
+        self._debt = 0.0  # permit-seconds the part-time permit owes, as of `_debt_at`
+        self._debt_at = self._loop.time()
+        self._debt_timer: asyncio.TimerHandle | None = None  # wakes waiters when it is paid
         self._borrowed = 0  # permits handed out and not yet released
         self._waiters: deque[asyncio.Future[None]] = deque()  # in arrival order
         self._paused_until = -math.inf  # loop time before which no permit is handed out
@@ -60,11 +88,27 @@ class Gate:
 
     @limit.setter
     def limit(self, value: int) -> None:
-        """Move the limit (at least 1); a raise lets waiters in at once."""
-        value = max(1, value)
-        raised = value > self._limit
-        self._limit = value
-        if raised:
+        """Move the limit to a whole number (at least 1); a raise lets waiters in at once."""
+        self.level = value
+
+    @property
+    def level(self) -> float:
+        """The limit as a number of calls that may be in flight on average."""
+        return self._whole + self._share
+
+    @level.setter
+    def level(self, value: float) -> None:
+        """Move the limit (at least 1, fractional or not); a raise lets waiters in at once."""
+        value = max(1.0, float(value))
+        self._settle()
+        old = self.level
+        whole = math.floor(value)
+        self._whole = whole
+        self._share = value - whole
+        self._limit = whole + 1 if self._share > 0 else whole
+        if not self._share:
+            self._debt = 0.0
+        if value > old:
             self._wake()
 
     @property
@@ -115,16 +159,39 @@ class Gate:
 
     # -- permits ------------------------------------------------------------------------
     def may_start(self) -> bool:
-        """A call may start now: no pause, and a permit within the limit."""
-        return self._borrowed < self._limit and not self.paused()
+        """A call may start now: no pause, and a permit within the limit (the part-time
+        permit only when its debt is paid)."""
+        if self.paused():
+            return False
+        if self._borrowed < self._whole:
+            return True
+        if self._borrowed > self._whole or not self._share:
+            return False
+        self._settle()
+        return self._debt <= _PAID
+
+    def _settle(self) -> None:
+        """Bring the debt up to now (call before `borrowed` or the level changes)."""
+        now = self._loop.time()
+        elapsed = now - self._debt_at
+        self._debt_at = now
+        if self._share and elapsed > 0:
+            owing = 1.0 if self._borrowed > self._whole else 0.0
+            self._debt = max(0.0, self._debt + (owing - self._share) * elapsed)
+
+    def _take(self) -> None:
+        self._settle()
+        self._borrowed += 1
 
     async def acquire(self) -> None:
         """Take a permit, waiting (cancellably) for one to be free and the pause to end."""
         if not self._waiters and self.may_start():
-            self._borrowed += 1
+            self._take()
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append(waiter)
+        if len(self._waiters) == 1:
+            self._await_payment()
         try:
             await waiter
         except asyncio.CancelledError:
@@ -137,19 +204,38 @@ class Gate:
     def release(self) -> None:
         if self._borrowed <= 0:
             raise RuntimeError("Gate.release() called more often than acquire()")
+        self._settle()
         self._borrowed -= 1
         self._wake()
 
     def close(self) -> None:
-        """Cancel the pause's timer (the run is over)."""
+        """Cancel the gate's timers (the run is over)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._debt_timer is not None:
+            self._debt_timer.cancel()
+            self._debt_timer = None
 
     def _wake(self) -> None:
         waiters = self._waiters
         while waiters and self.may_start():
             waiter = waiters.popleft()
             if not waiter.done():
-                self._borrowed += 1  # the permit is the waiter's from now on
+                self._take()  # the permit is the waiter's from now on
                 waiter.set_result(None)
+        self._await_payment()
+
+    def _await_payment(self) -> None:
+        """If only the debt keeps a waiter out, wake the waiters when it is paid (a permit
+        that returns first wakes them through `release`)."""
+        if self._debt_timer is not None:
+            self._debt_timer.cancel()
+            self._debt_timer = None
+        if self._waiters and self._share and self._borrowed == self._whole and not self.paused():
+            self._settle()
+            self._debt_timer = self._loop.call_later(self._debt / self._share, self._paid)
+
+    def _paid(self) -> None:
+        self._debt_timer = None
+        self._wake()
