@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib
 import inspect
 import pickle
 import signal
@@ -430,3 +431,46 @@ def test_no_module_that_executors_imports_imports_it_back() -> None:
         assert "executors" not in imports_of(module), module
         todo.extend(imports_of(module))
     assert {"_engine", "_gate", "_details", "_retry", "_controller"} <= seen
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        (
+            "evalexec.limits",
+            [
+                "Cost",
+                "CostExceedsBudget",
+                "Limiter",
+                "LimiterStopped",
+                "LimiterUnavailable",
+                "LocalLimiter",
+                "Permit",
+                "RedisLimiter",
+            ],
+        ),
+        (
+            "evalexec.phoenix",
+            ["EXECUTOR_NAMES", "install", "installed", "is_installed", "uninstall"],
+        ),
+        ("evalexec.httpx", ["async_client", "client", "event_hooks"]),
+    ],
+)
+def test_each_public_module_exports_exactly_its_names(module: str, names: list[str]) -> None:
+    imported = importlib.import_module(module)
+    assert sorted(imported.__all__) == names
+    assert all(hasattr(imported, name) for name in names)
+
+
+def test_importing_the_public_modules_imports_none_of_their_extras() -> None:
+    """redis, Phoenix, httpx and the SDKs are imported only when a feature is used."""
+    code = (
+        "import sys, evalexec, evalexec.limits, evalexec.phoenix, evalexec.httpx\n"
+        "heavy = ('redis', 'ray', 'openai', 'anthropic', 'httpx', 'httpx2', 'phoenix',"
+        " 'opentelemetry', 'pandas', 'numpy')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
