@@ -210,10 +210,13 @@ class _Steering:
             level = min(level, self._controller.dispatch_limit)
         elif self._controller is not None:
             level = min(level, int(self._controller.target_concurrency))
-        old = self._gate.limit
-        self._gate.level = level
-        if self._gate.limit != old:
-            self._telemetry.target_changed(old, self._gate.limit)
+        gate = self._gate
+        if level == gate.level:
+            return  # the common case after an event: nothing moved
+        old = gate.limit
+        gate.level = level
+        if gate.limit != old:
+            self._telemetry.target_changed(old, gate.limit)
 
     def set_ceiling(self, ceiling: int) -> None:
         self.ceiling = ceiling
@@ -293,6 +296,7 @@ class Run:
             max_retries=config.max_retries,
             timeout=config.timeout,
         )
+        self.traced = self.telemetry is not NO_TELEMETRY  # skip its calls on the hot path
         self.steering = _Steering(config.controller, self.gate, loop, self.telemetry)
         # The stop: `stop` is None while the run goes on, then why it ends (the first
         # reason wins); `stopped` is set at the same moment, for `drive` to wake on.
@@ -401,26 +405,34 @@ class Run:
             self.room.release()
         self.on_final(index, output, details)
         self.progress.advance(details.status)
-        self.telemetry.final(details.status)
+        if self.traced:
+            self.telemetry.final(details.status)
 
     # -- workers and attempts -----------------------------------------------------------
     async def work(self) -> None:
         """Take queued inputs through the gate and attempt them, until the run stops."""
         gate = self.gate
         queue = self.queue
+        # evalexec.httpx's hooks report to this run: set once for the worker, whose
+        # context every attempt (and every worker thread it uses) inherits.
+        current_run.set(self)
         try:
             while self.stop is None:
-                await gate.acquire()
+                if not gate.try_acquire():
+                    await gate.acquire()
                 try:
                     entry = await queue.get()
                     if self.stop is not None:
                         return
-                    if gate.over_limit() or gate.paused():
+                    if gate.borrowed > gate.limit or gate.paused():
                         # The limit was cut, or a pause began, while this worker waited
                         # for work: hand the input back and queue up at the gate again.
                         queue.put_nowait(entry)
                         continue
-                    await self.attempt(entry[2])
+                    if self.limiter is None:  # (a budget may be learned mid-run)
+                        await self._try(entry[2])
+                    else:
+                        await self.attempt(entry[2])
                 finally:
                     gate.release()
         except asyncio.CancelledError:
@@ -459,8 +471,8 @@ class Run:
         scope = asyncio.timeout(None if math.isinf(config.timeout) else config.timeout)
         error: BaseException | None = None
         output: Any = None
-        traced = self.telemetry.attempt_started(work.index, work.attempts)  # current span
-        reporting = current_run.set(self)  # evalexec.httpx's hooks report to this run
+        # The attempt's span is the current span while the function runs.
+        traced = self.telemetry.attempt_started(work.index, work.attempts) if self.traced else None
         try:
             async with scope:
                 awaitable = config.call(work.input)
@@ -477,8 +489,8 @@ class Run:
         except Exception as exc:
             error = exc
         finally:
-            current_run.reset(reporting)
-            self.telemetry.attempt_left(traced)
+            if traced is not None:
+                self.telemetry.attempt_left(traced)
             elapsed = loop.time() - start
             work.details.execution_seconds += elapsed
             self.inflight -= 1
@@ -501,7 +513,8 @@ class Run:
         elif config.check_output is not None and self._misused(output):
             pass
         else:
-            self.telemetry.attempt_ended(work.index, "ok")
+            if self.traced:
+                self.telemetry.attempt_ended(work.index, "ok")
             work.details.complete()
             self.steering.succeeded(elapsed)
             self.finish(work, output)

@@ -100,14 +100,19 @@ class Gate:
     def level(self, value: float) -> None:
         """Move the limit (at least 1, fractional or not); a raise lets waiters in at once."""
         value = max(1.0, float(value))
+        old = self._whole + self._share
+        if value == old:
+            return
         self._settle()
-        old = self.level
         whole = math.floor(value)
+        was_whole = not self._share
         self._whole = whole
         self._share = value - whole
         self._limit = whole + 1 if self._share > 0 else whole
         if not self._share:
             self._debt = 0.0
+        elif was_whole:
+            self._debt_at = self._loop.time()  # the debt is kept from now on
         if value > old:
             self._wake()
 
@@ -139,7 +144,10 @@ class Gate:
         return max(0.0, self._paused_until - self._loop.time())
 
     def paused(self) -> bool:
-        return self._held or self._paused_until > self._loop.time()
+        if self._held:
+            return True
+        # No clock read while no pause was ever set (the common case).
+        return self._paused_until != -math.inf and self._paused_until > self._loop.time()
 
     def hold(self) -> None:
         """Hand out no permit until `resume` (a pause asked for from code)."""
@@ -172,6 +180,8 @@ class Gate:
 
     def _settle(self) -> None:
         """Bring the debt up to now (call before `borrowed` or the level changes)."""
+        if not self._share:
+            return  # a whole level keeps no debt
         now = self._loop.time()
         elapsed = now - self._debt_at
         self._debt_at = now
@@ -183,10 +193,21 @@ class Gate:
         self._settle()
         self._borrowed += 1
 
+    def try_acquire(self) -> bool:
+        """Take a permit if one is free now, without waiting (the fast path of `acquire`)."""
+        if self._waiters:
+            return False
+        if self._borrowed < self._whole and not self.paused():
+            self._borrowed += 1  # a whole permit: no debt to settle
+            return True
+        if self.may_start():
+            self._take()
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Take a permit, waiting (cancellably) for one to be free and the pause to end."""
-        if not self._waiters and self.may_start():
-            self._take()
+        if self.try_acquire():
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append(waiter)
@@ -206,7 +227,8 @@ class Gate:
             raise RuntimeError("Gate.release() called more often than acquire()")
         self._settle()
         self._borrowed -= 1
-        self._wake()
+        if self._waiters or self._debt_timer is not None:
+            self._wake()
 
     def close(self) -> None:
         """Cancel the gate's timers (the run is over)."""
