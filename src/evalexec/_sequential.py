@@ -51,6 +51,8 @@ class Sequential:
         self.in_call = False  # a call (or a backoff sleep) is on the stack right now
         self.resumed = threading.Event()  # cleared by `pause` from code, set by `resume`
         self.resumed.set()
+        self.holding = False  # paused from code (read once per input: cheaper than the event)
+        self.details: list[ExecutionDetails] | None = None
         # What `snapshot` reads (from any thread): plain counters, written by this run.
         self.total: int | None = None
         self.started = clock()
@@ -58,12 +60,15 @@ class Sequential:
         self.final_counts: Counter[ExecutionStatus] = Counter()
         self.retries = 0
         self.telemetry: RunTelemetry = NO_TELEMETRY
+        self.traced = False
 
     # -- control from code (any thread) -------------------------------------------------
     def pause(self) -> None:
         self.resumed.clear()
+        self.holding = True
 
     def resume(self) -> None:
+        self.holding = False
         self.resumed.set()
 
     def cancel(self) -> None:
@@ -71,6 +76,7 @@ class Sequential:
         if self.stop is None:
             say.cancelled(self.write)
             self.stop = "interrupted"
+        self.holding = False
         self.resumed.set()
 
     def set_concurrency(self, ceiling: int) -> None:
@@ -81,8 +87,13 @@ class Sequential:
 
     def snapshot(self) -> RunSnapshot:
         elapsed = self.clock() - self.started
-        total, finished = self.total, self.finished
-        counts = {status.value: self.final_counts[status] for status in ExecutionStatus}
+        total = self.total
+        final_counts = self.final_counts
+        if self.details is not None:  # a run() fills in details: count them now
+            final_counts = Counter(d.status for d in list(self.details))
+            final_counts.pop(ExecutionStatus.DID_NOT_RUN, None)
+        finished = sum(final_counts.values())
+        counts = {status.value: final_counts[status] for status in ExecutionStatus}
         if total is not None:
             counts[ExecutionStatus.DID_NOT_RUN.value] = total - finished
         eta = None
@@ -142,8 +153,9 @@ class Sequential:
         started = self.started = clock()
         self.total = total
         stop_at = math.inf if config.deadline is None else started + config.deadline
-        resumed = self.resumed
         final_counts = self.final_counts
+        self.details = details
+        counting = details is None
         telemetry = self.telemetry = start_run(
             executor="sync",
             function=config.function,
@@ -152,7 +164,7 @@ class Sequential:
             max_retries=config.max_retries,
             timeout=math.inf,
         )
-        traced = telemetry is not NO_TELEMETRY
+        traced = self.traced = telemetry is not NO_TELEMETRY
         drawn = 0
         completed = ExecutionStatus.COMPLETED
         unchecked = True  # the first output tells whether the function is async by mistake
@@ -184,7 +196,7 @@ class Sequential:
                         if total is not None and index >= total:
                             say.inputs_more_than_len(total)
                             break
-                        if not resumed.is_set():
+                        if self.holding:
                             try:
                                 self.wait_resumed()
                             except Interrupted:
@@ -236,8 +248,9 @@ class Sequential:
                                     stopped_by(exc, outputs, details)
                         if outputs is not None:
                             outputs[index] = output
-                        self.finished += 1
-                        final_counts[record.status] += 1
+                        if counting:  # a stream: `snapshot` cannot count `details`
+                            self.finished += 1
+                            final_counts[record.status] += 1
                         progress.advance(record.status)
                         if traced:
                             telemetry.final(record.status)
@@ -316,7 +329,7 @@ class Sequential:
         `details`. The first termination signal raises `Interrupted` out of it."""
         clock = self.clock
         telemetry = self.telemetry
-        entered = None if telemetry is NO_TELEMETRY else telemetry.attempt_started(index, attempt)
+        entered = telemetry.attempt_started(index, attempt) if self.traced else None
         start = clock()
         self.in_call = True
         try:
