@@ -418,17 +418,16 @@ class Run:
         current_run.set(self)
         try:
             while self.stop is None:
+                # The input first, then the permit: a worker of a run with nothing to do
+                # must not hold a permit of a gate that the executor's other runs share.
+                entry = await queue.get()
+                if self.stop is not None:
+                    return
                 if not gate.try_acquire():
-                    await gate.acquire()
+                    await gate.acquire()  # waits out a pause, or a cut of the limit
                 try:
-                    entry = await queue.get()
                     if self.stop is not None:
                         return
-                    if gate.borrowed > gate.limit or gate.paused():
-                        # The limit was cut, or a pause began, while this worker waited
-                        # for work: hand the input back and queue up at the gate again.
-                        queue.put_nowait(entry)
-                        continue
                     if self.limiter is None:  # (a budget may be learned mid-run)
                         await self._try(entry[2])
                     else:
