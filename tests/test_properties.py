@@ -96,14 +96,20 @@ FALLBACK = object()
 STOP_TIMES = (0.015625, 0.703125, 1.421875, 3.140625, 7.390625)
 # Input indices of a second run that shares the executor (its rows of the plan).
 SECOND_RUN = 10_000
-# Threads are real: their examples are fewer (each starts threads and a loop).
-THREADED_EXAMPLES = 30
 
 
-def light(**overrides: Any) -> settings:
-    """The settings of these tests: examples can be large and slow to draw."""
+def light(share: float = 1.0) -> settings:
+    """The settings of these tests: examples can be large and slow to draw; `share` of
+    the profile's examples (200 in ``ci``) for the costlier ones."""
     checks = [HealthCheck.too_slow, HealthCheck.data_too_large]
-    return settings(suppress_health_check=checks, **overrides)
+    profile = settings.default
+    assert profile is not None  # conftest loads one
+    examples = max(1, round(profile.max_examples * share))
+    return settings(suppress_health_check=checks, max_examples=examples)
+
+
+# Threads are real: their examples are fewer (each starts threads and a loop): 30 in ci.
+THREADED = 0.15
 
 
 def assert_cleaned_up(leftovers: Leftovers, bar_format: str | None, *, runs: int = 1) -> None:
@@ -486,7 +492,7 @@ def test_async_executor_matches_the_oracle_for_any_fault_schedule(
     check_async_run(config, plan, range(size), example.runs[0], provider.calls)
 
 
-@light(max_examples=100)
+@light(0.5)
 @given(
     config=async_settings,
     first=plans(timeouts=True),
@@ -621,7 +627,7 @@ def check_inner_run(config: AsyncSettings, plan: Plan, run: InnerRun) -> None:
     assert run.provider.inflight == 0
 
 
-@light(max_examples=100)
+@light(0.5)
 @given(
     config=st.builds(
         NestedSettings,
@@ -864,7 +870,7 @@ def check_threaded_run(
     assert provider.max_inflight[group] <= config.concurrency
 
 
-@light(max_examples=THREADED_EXAMPLES)
+@light(THREADED)
 @given(config=threaded_settings, sized_plan=threaded_plans)
 def test_threaded_sync_executor_matches_the_oracle_for_any_fault_schedule(
     config: ThreadedSettings, sized_plan: tuple[int, Plan]
@@ -933,7 +939,7 @@ def in_two_threads(
     return [results[0], results[1]]
 
 
-@light(max_examples=THREADED_EXAMPLES)
+@light(THREADED)
 @given(
     concurrency=st.sampled_from((1, 2)),
     config=st.builds(
@@ -1061,7 +1067,7 @@ def first_run(
 
 
 @pytest.mark.parametrize("kind", ["async", "sync", "threads"])
-@light(max_examples=40)
+@light(0.2)
 @given(data=st.data(), rerun=reruns)
 def test_a_rerun_with_a_checkpoint_calls_the_function_only_for_what_did_not_complete(
     kind: str, data: st.DataObject, rerun: Rerun
