@@ -494,3 +494,140 @@ class ScheduledSyncProvider(_FollowsPlan):
         call.exception = scheduled_exception(call.step.kind, item.index, call.attempt)
         self._end(call, "raised", self.time.now)
         raise call.exception
+
+
+# -- careless, nested and shared functions (the property tests) ----------------------------
+
+SWALLOWED = "ERROR"
+"""What a function that catches BaseException returns: never an output of a COMPLETED input."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """An input of an inner run (or of a run sharing its executor): `run` says whose
+    provider follows it, `index` which row of that provider's plan."""
+
+    run: int
+    index: int
+
+
+def index_of(item: Item | Key | dict[str, Any]) -> int:
+    """The plan row of an input: an `Item`, a `Key`, or a row ``{"index": i, ...}``."""
+    if isinstance(item, dict):
+        index: int = item["index"]
+        return index
+    return item.index
+
+
+def change(row: Any, attempt: int) -> None:
+    """What a function that changes its input does to a row (nothing to other inputs)."""
+    if isinstance(row, dict):
+        row["prompt"] = f"formatted: {row['prompt']}"
+        row["attempt"] = attempt
+
+
+@dataclass
+class CarelessProvider(_FollowsPlan):
+    """A `ScheduledProvider` as a careless user writes it: it may change its input before
+    its outcome (`mutate`: ``row["prompt"] = ...``), and may catch BaseException — the
+    executor's own cancellation included — and return `SWALLOWED` (`swallow`). Its
+    inputs are `Item`, `Key` or rows ``{"index": i, "prompt": ...}``."""
+
+    slow_seconds: float
+    swallow: bool = False
+    mutate: bool = False
+    inflight: int = 0
+    max_inflight: int = 0
+
+    async def __call__(self, item: Any) -> str:
+        loop = asyncio.get_running_loop()
+        index = index_of(item)
+        call = self._begin(Item(index), loop.time())
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            if self.mutate:
+                change(item, call.attempt)
+            kind = call.step.kind
+            await asyncio.sleep(self.slow_seconds if kind == SLOW else call.step.delay)
+            if kind in (OK, SLOW):
+                output = output_for(index) if kind == OK else f"late:{index}"
+                self._end(call, "returned", loop.time())
+                return output
+            call.exception = scheduled_exception(kind, index, call.attempt)
+            self._end(call, "raised", loop.time())
+            raise call.exception
+        except asyncio.CancelledError:
+            self._end(call, "cancelled", loop.time())
+            if self.swallow:
+                return SWALLOWED
+            raise
+        finally:
+            self.inflight -= 1
+
+
+@dataclass
+class ThreadSafeProvider(_FollowsPlan):
+    """The plain function for runs on threads (or several threads sharing an executor):
+    follows `plan` at once (delays are not spent), keeps its books under a lock, and
+    counts calls in flight per group of inputs (``index // group``: one group per run
+    that shares it). `mutate` as for `CarelessProvider`."""
+
+    group: int = 1 << 30
+    mutate: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    inflight: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    max_inflight: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    idle: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.idle = threading.Condition(self.lock)
+
+    def __call__(self, item: Any) -> str:
+        index = index_of(item)
+        group = index // self.group
+        with self.lock:
+            call = self._begin(Item(index), 0.0)
+            self.inflight[group] += 1
+            self.max_inflight[group] = max(self.max_inflight[group], self.inflight[group])
+        try:
+            if self.mutate:
+                change(item, call.attempt)
+            if call.step.kind == OK:
+                with self.lock:
+                    self._end(call, "returned", 0.0)
+                return output_for(index)
+            exception = scheduled_exception(call.step.kind, index, call.attempt)
+            with self.lock:
+                call.exception = exception
+                self._end(call, "raised", 0.0)
+            raise exception
+        finally:
+            with self.lock:
+                self.inflight[group] -= 1
+                self.idle.notify_all()
+
+    def wait_idle(self, seconds: float = 30.0) -> bool:
+        """Wait until no call is in flight (an abandoned one ends on its thread)."""
+        with self.idle:
+            return self.idle.wait_for(lambda: not any(self.inflight.values()), seconds)
+
+
+@st.composite
+def small_plans(
+    draw: st.DrawFn, *, kinds: Sequence[str], max_size: int, delays: Sequence[float] = DELAYS
+) -> tuple[int, Plan]:
+    """Like `plans`, for fewer inputs, with steps of the given kinds and delays only."""
+    size = draw(st.integers(0, max_size))
+    rows: dict[int, tuple[Step, ...]] = {}
+    step = st.builds(Step, st.sampled_from(tuple(kinds)), st.sampled_from(tuple(delays)))
+    if size:
+        rows = draw(
+            st.dictionaries(
+                st.integers(0, size - 1),
+                st.lists(step, min_size=1, max_size=6).map(tuple),
+                max_size=size,
+            )
+        )
+    default = Step(OK, draw(st.sampled_from(tuple(delays))))
+    return size, Plan(rows, default)
