@@ -7,7 +7,7 @@ across every actor (``pip install 'evalexec[ray]'``).
         EvalBatches,
         fn_constructor_kwargs={"fn": judge, "concurrency": 20, "limiter": limiter},
         compute=ray.data.ActorPoolStrategy(size=8),
-        batch_size=200,
+        batch_size=None,  # each block is one run of the actor's executor
         batch_format="pyarrow",
         num_cpus=0.25,
     )
@@ -158,6 +158,10 @@ class EvalBatches:
             each actor, so each actor gets the whole budget. None: no budget, but a quota
             stop still ends the job.
         input_column: the column whose value is passed to ``fn``; None for the whole row.
+        output_type: the Arrow type of the ``output`` column (e.g. ``pyarrow.string()``).
+            None: Arrow infers it from each batch, so a batch whose rows all FAILED
+            gets a null column while the others get the real type; pass a type when
+            the blocks are written to files that are read back together.
         output_json: store each output as its JSON text (a string column) instead of
             letting Arrow infer a type: for outputs whose shape varies from row to row.
         executor_kwargs: passed to `AsyncExecutor` (``max_retries``, ``timeout``,
@@ -179,6 +183,7 @@ class EvalBatches:
         concurrency: int = 8,
         limiter: Limiter | None = None,
         input_column: str | None = "input",
+        output_type: Any = None,
         output_json: bool = False,
         **executor_kwargs: Any,
     ) -> None:
@@ -193,6 +198,14 @@ class EvalBatches:
             )
         self.fn = fn
         self.input_column = input_column
+        if output_type is not None and not isinstance(output_type, _pa.DataType):
+            raise TypeError(
+                f"output_type must be a pyarrow DataType (e.g. pyarrow.string()), got "
+                f"{type(output_type).__name__}"
+            )
+        if output_type is not None and output_json:
+            raise ValueError("pass output_type or output_json, not both (JSON text is a string)")
+        self.output_type = output_type
         self.output_json = bool(output_json)
         self.fallback = executor_kwargs.pop("fallback_return_value", None)
         # Always a limiter: its stop is how a batch learns that the run ended for the
@@ -231,7 +244,9 @@ class EvalBatches:
                 f"EvalBatches adds the columns {', '.join(COLUMNS)}, but the batch already "
                 f"has {', '.join(clash)}; rename them first (Dataset.rename_columns)"
             )
-        if self.input_column is None:
+        if table.num_rows == 0:  # an empty block (a filter upstream may give one with no columns)
+            inputs = []
+        elif self.input_column is None:
             inputs = table.to_pylist()
         elif self.input_column in names:
             inputs = table.column(self.input_column).to_pylist()
@@ -262,7 +277,7 @@ class EvalBatches:
             texts = [None if out is None else json.dumps(out) for out in outputs]
             output = _pa.array(texts, type=_pa.string())
         else:
-            output = _arrow_outputs(outputs)
+            output = _arrow_outputs(outputs, self.output_type)
         return {
             "output": output,
             "status": _pa.array([d.status.value for d in details], type=_pa.string()),
@@ -275,15 +290,16 @@ class EvalBatches:
         }
 
 
-def _arrow_outputs(outputs: list[Any]) -> Any:
+def _arrow_outputs(outputs: list[Any], output_type: Any) -> Any:
     try:
-        return _pa.array(outputs)
+        return _pa.array(outputs, type=output_type)
     except (_pa.ArrowException, TypeError, ValueError) as exc:
         kinds = sorted({type(out).__name__ for out in outputs})
+        wanted = "" if output_type is None else f" as {output_type}"
         raise TypeError(
-            f"EvalBatches: the outputs of fn cannot form an Arrow column ({exc}; output "
-            f"types: {', '.join(kinds)}); return str, numbers, bools, or dicts and lists "
-            "of them, the same shape on every row, or pass output_json=True"
+            f"EvalBatches: the outputs of fn cannot form an Arrow column{wanted} ({exc}; "
+            f"output types: {', '.join(kinds)}); return str, numbers, bools, or dicts and "
+            "lists of them, the same shape on every row, or pass output_json=True"
         ) from exc
 
 
