@@ -157,17 +157,6 @@ async def test_batches_run_at_once_on_one_actor_share_its_concurrency() -> None:
     ]
 
 
-GATE_HELD_BY_IDLE_WORKERS = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine: Run.work takes a gate slot before an input, so the idle workers of a "
-        "run whose queue is empty hold slots the executor's other runs need "
-        "(/work/notes/ray-engine-gate.diff takes the input first)"
-    ),
-)
-
-
-@GATE_HELD_BY_IDLE_WORKERS
 @pytest.mark.looptime
 async def test_batches_at_once_on_one_actor_take_as_long_as_one_batch_of_all_their_rows() -> None:
     async def slow(row: int) -> int:
@@ -339,7 +328,6 @@ def test_calls_in_flight_across_two_actors_never_exceed_the_shared_max_inflight(
     assert provider.peak(raw) == 3  # 2 actors x concurrency 4 would allow 8
 
 
-@GATE_HELD_BY_IDLE_WORKERS
 def test_batches_ray_runs_at_once_on_one_actor_share_its_concurrency(
     ray_cluster: Any, redis_server: RedisServer, raw: Any, key: str, folder: str
 ) -> None:
