@@ -252,11 +252,16 @@ class AsyncExecutor(_ExecutorBase):
         backoff: delays before retrying rate-limit and transient errors (None: retry at
             once, still honouring the provider's retry hints).
         deadline: seconds after which the run stops as if interrupted.
-        checkpoint: a file in which each finished input is stored as it finishes; a
-            rerun with the same inputs and file only calls the function for the inputs
-            that did not complete.
+        checkpoint: a file (a path, or an `evalexec.Checkpoint`) in which each finished
+            input is stored as it finishes; a rerun with the same inputs and file only
+            calls the function for the inputs that did not complete.
+        limiter: an `evalexec.limits.Limiter` (a `LocalLimiter`, or a `RedisLimiter`
+            shared by many processes) that paces requests and tokens and caps calls in
+            flight; `cost` (input -> estimated tokens) and `usage` (output -> tokens
+            used, or None) feed its token budget.
 
-    When the provider says the quota is exhausted, nothing new starts but the calls
+    `concurrency` bounds the executor: several `execute()` calls awaited at once on one
+    executor share it. When the provider says the quota is exhausted, nothing new starts but the calls
     already in flight finish and keep their results (they were admitted, and will be
     billed); on any other stop, calls in flight are cancelled.
     """
