@@ -261,9 +261,9 @@ class AsyncExecutor(_ExecutorBase):
             used, or None) feed its token budget.
 
     `concurrency` bounds the executor: several `execute()` calls awaited at once on one
-    executor share it. When the provider says the quota is exhausted, nothing new starts but the calls
-    already in flight finish and keep their results (they were admitted, and will be
-    billed); on any other stop, calls in flight are cancelled.
+    executor share it. When the provider says the quota is exhausted, nothing new starts
+    but the calls already in flight finish and keep their results (they were admitted,
+    and will be billed); on any other stop, calls in flight are cancelled.
     """
 
     def __init__(
