@@ -154,15 +154,31 @@ def start_run(
 ) -> RunTelemetry:
     """Start a run's span, current context as its parent; `NO_TELEMETRY` when there is
     no OpenTelemetry API, or when the tracer provider records nothing."""
-    try:
-        from opentelemetry import context, trace
-    except ImportError:
+    api = _api()
+    if api is None:
         return NO_TELEMETRY
+    trace, context = api
     try:
         return _start(trace, context, executor, function, total, concurrency, max_retries, timeout)
     except Exception:
         _tracing_failed()
         return NO_TELEMETRY
+
+
+_API: list[tuple[Any, Any] | None] = []  # the import's outcome, looked up once a process
+
+
+def _api() -> tuple[Any, Any] | None:
+    """OpenTelemetry's `trace` and `context` modules, or None without the API. A failed
+    import is not retried at every run (a search of sys.path each time)."""
+    if not _API:
+        try:
+            from opentelemetry import context, trace
+        except ImportError:
+            _API.append(None)
+        else:
+            _API.append((trace, context))
+    return _API[0]
 
 
 def _start(
