@@ -176,6 +176,40 @@ class _ExecutorBase:
     cost: Callable[[Any], int] | None
     usage: Callable[[Any], int | None] | None
 
+    def _take_settings(
+        self,
+        generation_fn: Callable[[Any], Any],
+        concurrency: int,
+        tqdm_bar_format: str | None,
+        max_retries: int,
+        exit_on_error: bool,
+        fallback_return_value: Any,
+        termination_signal: signal.Signals | None,
+        timeout: float | None,
+        backoff: Backoff | None,
+        deadline: float | None,
+        checkpoint: str | os.PathLike[str] | Checkpoint | None,
+        limiter: Limiter | None,
+        cost: Callable[[Any], int] | None,
+        usage: Callable[[Any], int | None] | None,
+    ) -> None:
+        """Check and keep the settings both executors take (clear errors, early)."""
+        check_callable(generation_fn)
+        self.generate = generation_fn
+        self.checkpoint = None if checkpoint is None else Checkpoint.coerce(checkpoint)
+        self.concurrency = check_int("concurrency", concurrency, 1)
+        self.tqdm_bar_format = tqdm_bar_format
+        self.max_retries = check_int("max_retries", max_retries, 0)
+        self.exit_on_error = exit_on_error
+        self.fallback_return_value = fallback_return_value
+        self.termination_signal = termination_signal
+        self.timeout = timeout_seconds(timeout)
+        self.backoff = backoff
+        self.deadline = deadline_seconds(deadline)
+        self.limiter, self.cost, self.usage = check_limits(limiter, cost, usage)
+        self._gates = GatePerLoop()
+        self._live = _LiveRuns()
+
     def _config(self) -> RunConfig:
         """The executor's settings, frozen for one run."""
         return RunConfig(
@@ -290,21 +324,22 @@ class AsyncExecutor(_ExecutorBase):
         cost: Callable[[Any], int] | None = None,
         usage: Callable[[Any], int | None] | None = None,
     ) -> None:
-        check_callable(generation_fn)
-        self.generate = generation_fn
-        self.checkpoint = None if checkpoint is None else Checkpoint.coerce(checkpoint)
-        self.concurrency = check_int("concurrency", concurrency, 1)
-        self.tqdm_bar_format = tqdm_bar_format
-        self.max_retries = check_int("max_retries", max_retries, 0)
-        self.exit_on_error = exit_on_error
-        self.fallback_return_value = fallback_return_value
-        self.termination_signal = termination_signal
-        self.timeout: float = timeout_seconds(timeout)
-        self.backoff = backoff
-        self.deadline = deadline_seconds(deadline)
-        self.limiter, self.cost, self.usage = check_limits(limiter, cost, usage)
-        self._gates = GatePerLoop()
-        self._live = _LiveRuns()
+        self._take_settings(
+            generation_fn,
+            concurrency,
+            tqdm_bar_format,
+            max_retries,
+            exit_on_error,
+            fallback_return_value,
+            termination_signal,
+            timeout,
+            backoff,
+            deadline,
+            checkpoint,
+            limiter,
+            cost,
+            usage,
+        )
         self._concurrency_controller: Any = _controller_for(
             enable_dynamic_concurrency,
             self.concurrency,
@@ -454,26 +489,27 @@ class SyncExecutor(_ExecutorBase):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        check_callable(generation_fn)
-        self.generate = generation_fn
-        self.checkpoint = None if checkpoint is None else Checkpoint.coerce(checkpoint)
-        self.concurrency = check_int("concurrency", concurrency, 1)
-        self.tqdm_bar_format = tqdm_bar_format
-        self.max_retries = check_int("max_retries", max_retries, 0)
-        self.exit_on_error = exit_on_error
-        self.fallback_return_value = fallback_return_value
-        self.termination_signal = termination_signal
-        # Threads: for concurrency, or to abandon a call that overruns its timeout
-        # (a call in the calling thread cannot be abandoned).
+        self._take_settings(
+            generation_fn,
+            concurrency,
+            tqdm_bar_format,
+            max_retries,
+            exit_on_error,
+            fallback_return_value,
+            termination_signal,
+            timeout,
+            backoff,
+            deadline,
+            checkpoint,
+            limiter,
+            cost,
+            usage,
+        )
+        # Threads: for concurrency, for a budget, or to abandon a call that overruns its
+        # timeout (a call in the calling thread cannot be abandoned).
         self.threaded = self.concurrency > 1 or timeout is not None or limiter is not None
-        self.timeout: float = timeout_seconds(timeout)
-        self.backoff = backoff
-        self.deadline = deadline_seconds(deadline)
-        self.limiter, self.cost, self.usage = check_limits(limiter, cost, usage)
-        self._gates = GatePerLoop()
         self._clock = clock
         self._sleep = sleep
-        self._live = _LiveRuns()
         self._concurrency_controller: Any = _controller_for(
             enable_dynamic_concurrency and self.threaded,
             self.concurrency,
