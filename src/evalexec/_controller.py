@@ -272,10 +272,13 @@ class ConcurrencyController:
         """How many calls the engine lets be in flight: `target_concurrency`, or with
         ``fractional`` the float target itself (3.6: a fourth call 60 % of the time)."""
         limit = self._target if self._fractional else float(self.target_concurrency)
-        ramp = self._ramp_level()
-        if ramp is not None:
-            limit = min(limit, ramp)
-        return min(max(1.0, limit), float(self._max_concurrency))
+        if self._ramp is not None:
+            ramp = self._ramp_level()
+            if ramp is not None:
+                limit = min(limit, ramp)
+        if limit < 1.0:
+            return 1.0
+        return limit if limit <= self._max_concurrency else float(self._max_concurrency)
 
     def _ramp_level(self) -> float | None:
         if self._ramp is None:
@@ -321,13 +324,14 @@ class ConcurrencyController:
         return now
 
     def record_success(self, latency_seconds: float) -> None:
-        now = self._now()
+        now = self._clock() if self._window_started_at is not None else self._now()
         self._success_count += 1
         latency = float(latency_seconds)
         if self._goodput_floor > 0:
             times = self._success_times
             times.append((now, latency))
-            self._trim_success_times(now)
+            if times[0][0] < now - self._window_seconds:  # (the call only when needed)
+                self._trim_success_times(now)
         if self._ramp is not None:
             self._ramp += 1.0
             level = self._ramp_level()
