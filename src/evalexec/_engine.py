@@ -79,7 +79,7 @@ class IncompleteRunError(Exception):
     __module__ = "evalexec"
 
     def __init__(self, cause: BaseException, outputs: list[Any], details: list[Any]) -> None:
-        finished = sum(d.status.value != "DID NOT RUN" for d in details)
+        finished = sum(d.status is not ExecutionStatus.DID_NOT_RUN for d in details)
         super().__init__(
             f"the run stopped early: {say.describe(cause)}; the {finished} outputs that "
             "finished are on this error's .outputs and .details (the rest are DID NOT RUN)"
@@ -125,8 +125,8 @@ class RunConfig:
     bar_format: str | None
     checkpoint: Checkpoint | None
     controller: Any  # ConcurrencyController, or any object with its four members
+    gates: GatePerLoop  # the executor's gate, shared by its runs on one loop
     check_output: Callable[[Any], None] | None = None  # raises if an output is a misuse
-    gates: GatePerLoop | None = None  # the executor's gate, shared by its runs on one loop
     limiter: Limiter | None = None  # budgets (requests, tokens, in flight) beyond this run
     cost: Callable[[Any], int] | None = None  # an input's estimated tokens, for the limiter
     usage: Callable[[Any], int | None] | None = None  # an output's tokens used, if known
@@ -211,8 +211,6 @@ class _Steering:
         elif self._controller is not None:
             level = min(level, int(self._controller.target_concurrency))
         gate = self._gate
-        if level == gate.level:
-            return  # the common case after an event: nothing moved
         old = gate.limit
         gate.level = level
         if gate.limit != old:
@@ -282,11 +280,7 @@ class Run:
         window = WINDOW_PER_WORKER * config.concurrency
         self.room = asyncio.Semaphore(window) if room is None else room
         self.release_room = room is None
-        self.gate = (
-            Gate(config.concurrency)
-            if config.gates is None
-            else config.gates.get(config.concurrency)
-        )
+        self.gate = config.gates.get(config.concurrency)
         self.gate.users += 1
         self.telemetry = start_run(
             executor=config.kind,
@@ -312,7 +306,6 @@ class Run:
         self.inflight = 0  # attempts started and not yet ended
         self.retries = 0
         self.rate_limits = 0
-        self.failures = 0
         self.final_counts: Counter[ExecutionStatus] = Counter()  # inputs final, per status
         self.delayed: dict[int, asyncio.TimerHandle] = {}  # retries waiting out a backoff
         self.attempting: set[asyncio.Task[None]] = set()  # workers inside an attempt
@@ -654,7 +647,6 @@ class Run:
 
     def fail(self, work: _Work, cause: str) -> None:
         work.details.fail()
-        self.failures += 1
         say.failed(work.index, work.attempts, cause)
         self.finish(work, self.config.fallback)
         if self.config.exit_on_error:
@@ -745,8 +737,8 @@ class Run:
             parts.append(f"retries={self.retries}")
         if self.rate_limits:
             parts.append(f"rate_limited={self.rate_limits}")
-        if self.failures:
-            parts.append(f"failed={self.failures}")
+        if failures := self.final_counts[ExecutionStatus.FAILED]:
+            parts.append(f"failed={failures}")
         if self.learned is not None and self.learned.limiter is not None:
             parts.append(self.learned.describe())
         cooldown = self.cooldown()
@@ -813,8 +805,6 @@ class Run:
         self.gate.users -= 1
         if self.gate.users == 0:
             self.gate.resume()  # a pause from code ends with the last run that shares it
-            if self.config.gates is None:
-                self.gate.close()  # a shared gate lives as long as its loop
         try:
             if self.store is not None:
                 self.store.close()

@@ -230,15 +230,6 @@ class Gate:
         if self._waiters or self._debt_timer is not None:
             self._wake()
 
-    def close(self) -> None:
-        """Cancel the gate's timers (the run is over)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._debt_timer is not None:
-            self._debt_timer.cancel()
-            self._debt_timer = None
-
     def _wake(self) -> None:
         waiters = self._waiters
         while waiters and self.may_start():
