@@ -43,10 +43,10 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-from tests.integration.openai_server import completion, user_text
+from tests.integration.openai_server import JsonHandler, completion, user_text
 
 UNLIMITED_TOKENS = 1_000_000
 
@@ -177,23 +177,7 @@ def message(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_handler(latency: float, provider: Provider, quiet_successes: bool) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        disable_nagle_algorithm = True  # headers and body go out in separate writes
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def send_json(self, status: int, body: object, headers: dict[str, str]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path != "/log":
                 self.send_json(404, {"error": {"message": "not found"}}, {})
