@@ -1026,6 +1026,11 @@ def quota(impl: str, quick: bool, tb: Timebase) -> Measurement:
 
 
 def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
+    return _shared4(impl, quick, tb, limited=False)
+
+
+def _shared4(impl: str, quick: bool, tb: Timebase, *, limited: bool) -> Measurement:
+    """4 executors share one provider; with `limited`, also one `LocalLimiter(rpm=500)`."""
     k, n, conc = 4, (100 if quick else 500), 20
     config = ProviderConfig(
         latency=LLM_LATENCY, requests_per_minute=500.0, bucket_capacity=10, seed=SEED
@@ -1039,38 +1044,42 @@ def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
     finish: list[float] = [0.0] * k
     started = [0.0]  # the loop's time when the run began (0 on a virtual loop)
 
-    async def one(i: int) -> Any:
-        runner = make_async(
-            impl, provider.client(f"e{i}"), concurrency=conc, exit_on_error=False, options=options
-        )
-        result = await runner.execute(batches[i])
-        finish[i] = asyncio.get_running_loop().time() - started[0]
-        return result
-
     async def main() -> tuple[Any, bool]:
         started[0] = asyncio.get_running_loop().time()
+        # The limiter is made on the run's loop: one for the four executors.
+        run_options = {**options, "limiter": _local_limiter(tb, rpm=500)} if limited else options
+
+        async def one(i: int) -> Any:
+            runner = make_async(
+                impl,
+                provider.client(f"e{i}"),
+                concurrency=conc,
+                exit_on_error=False,
+                options=run_options,
+            )
+            result = await runner.execute(batches[i])
+            finish[i] = asyncio.get_running_loop().time() - started[0]
+            return result
+
         return await _bounded(asyncio.gather(*(one(i) for i in range(k))), cap)
 
     (result, hung), wall, real = _run_clocked(main, tb)
     report = provider.report(tb.minute)
     notes = [tb.header(real), waste_note(report)]
-    done_total = 0
-    jain = 0.0
+    if limited:
+        notes.append("one LocalLimiter(rpm=500) for all four")
+    done_total, jain, per_exec = _per_executor(result, hung, batches, finish, tb, notes)
     if hung:
         notes.append(f"HUNG: no return after {cap:g} {tb.unit} (cancelled)")
-    else:
-        throughputs: list[float] = []
-        per_exec: list[str] = []
-        for i, (outputs, statuses) in enumerate(result):
-            done = completed(statuses)
-            done_total += done
-            throughputs.append(done / finish[i] if finish[i] > 0 else 0.0)
-            when = f"{finish[i]:.0f}" if tb.k == 1 else f"{finish[i]:.2f}"
-            per_exec.append(f"e{i}: {done} done by {when} s")
-            bad = misaligned(batches[i], outputs, statuses)
-            if bad:
-                notes.append(f"MISALIGNED [e{i}] {bad}")
-        jain = jain_fairness(throughputs)
+    refused = report.outcomes.get(RATE_LIMITED, 0)
+    if limited:
+        by_tag = Counter(r.tag for r in provider.records if r.outcome == RATE_LIMITED)
+        notes.append(
+            f"refused {refused} ({', '.join(f'{t}: {by_tag[t]}' for t in sorted(by_tag))})"
+            if refused
+            else "refused 0"
+        )
+    if not hung:
         notes.append(f"Jain fairness {jain:.3f}")
         notes.append("; ".join(per_exec))
     notes += provider_notes(report, conc)
@@ -1086,6 +1095,7 @@ def shared4(impl: str, quick: bool, tb: Timebase) -> Measurement:
         notes=notes,
         extra={
             "jain": jain,
+            "refused": refused,
             "real_seconds": real,
             "hung": hung,
             "finish": finish,
@@ -1153,73 +1163,7 @@ def rpm500_budget(impl: str, quick: bool, tb: Timebase) -> Measurement:
 def shared4_limiter(impl: str, quick: bool, tb: Timebase) -> Measurement:
     """`shared4` with one `LocalLimiter(rpm=500)` shared by the four executors: what a
     `RedisLimiter` on one key does for four processes, in one loop."""
-    k, n, conc = 4, (100 if quick else 500), 20
-    config = ProviderConfig(
-        latency=LLM_LATENCY, requests_per_minute=500.0, bucket_capacity=10, seed=SEED
-    ).compressed(tb.k)
-    assert config.requests_per_minute is not None
-    provider = AsyncProvider(config)
-    ideal = k * n / (config.requests_per_minute / 60.0)
-    cap = _default_cap(ideal, tb)
-    options = compressed_options(impl, tb.k)
-    _local_limiter(tb, rpm=500)
-    batches = [list(range(i * n, (i + 1) * n)) for i in range(k)]
-    finish: list[float] = [0.0] * k
-    started = [0.0]
-
-    async def main() -> tuple[Any, bool]:
-        started[0] = asyncio.get_running_loop().time()
-        shared = _local_limiter(tb, rpm=500)
-
-        async def one(i: int) -> Any:
-            runner = make_async(
-                impl,
-                provider.client(f"e{i}"),
-                concurrency=conc,
-                exit_on_error=False,
-                options={**options, "limiter": shared},
-            )
-            result = await runner.execute(batches[i])
-            finish[i] = asyncio.get_running_loop().time() - started[0]
-            return result
-
-        return await _bounded(asyncio.gather(*(one(i) for i in range(k))), cap)
-
-    (result, hung), wall, real = _run_clocked(main, tb)
-    report = provider.report(tb.minute)
-    notes = [tb.header(real), waste_note(report), "one LocalLimiter(rpm=500) for all four"]
-    done_total, jain, per_exec = _per_executor(result, hung, batches, finish, tb, notes)
-    if hung:
-        notes.append(f"HUNG: no return after {cap:g} {tb.unit} (cancelled)")
-    refused = report.outcomes.get(RATE_LIMITED, 0)
-    by_tag = Counter(r.tag for r in provider.records if r.outcome == RATE_LIMITED)
-    notes.append(
-        f"refused {refused} ({', '.join(f'{t}: {by_tag[t]}' for t in sorted(by_tag))})"
-        if refused
-        else "refused 0"
-    )
-    notes.append(f"Jain fairness {jain:.3f}")
-    notes.append("; ".join(per_exec))
-    notes += provider_notes(report, conc)
-    eff = 0.0 if hung else efficiency(ideal, wall, done_total, k * n)
-    return Measurement(
-        wall=wall,
-        ideal=ideal,
-        efficiency=eff,
-        incomplete=done_total < k * n,
-        calls=report.calls,
-        wasted=report.wasted,
-        notes=notes,
-        extra={
-            "jain": jain,
-            "refused": refused,
-            "real_seconds": real,
-            "hung": hung,
-            "finish": finish,
-            "k": tb.k,
-            "n": k * n,
-        },
-    )
+    return _shared4(impl, quick, tb, limited=True)
 
 
 def _shared4_processes(impl: str, quick: bool, shared: bool) -> Measurement:
