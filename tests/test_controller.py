@@ -780,6 +780,25 @@ def test_once_successes_are_known_a_cut_to_the_calls_in_flight_keeps_the_floor_s
     assert controller._target_concurrency == 3.6  # not 1
 
 
+def test_inside_an_episode_a_refusal_with_few_calls_in_flight_keeps_the_floor_share() -> None:
+    """A shared rate limit refuses whichever call finds the bucket empty: a small target
+    refused with one call in flight must not drop to 1 (a large one would keep 90 %)."""
+    clock = Clock()
+    controller = make(
+        clock, initial_target=4, goodput_floor=0.9, episode_seconds=5, collapse_error_threshold=0
+    )
+    for i in range(10):  # 10 x 2 s over 5 s: 4 carried
+        clock.at(i / 2)
+        controller.record_success(2.0)
+    controller.observe_inflight(4)
+    clock.at(5.0)
+    controller.record_error(started_at=4.9)  # the cut: 3.6
+    controller.observe_inflight(1)
+    clock.at(5.1)
+    controller.record_error(started_at=4.95)  # the same episode, one call in flight
+    assert controller._target_concurrency == 3.6  # the episode's cut, not 1
+
+
 def plateau_controller(clock: Clock) -> ConcurrencyController:
     return make(
         clock,
@@ -826,6 +845,26 @@ def test_a_probe_refused_at_the_same_calls_in_flight_makes_a_plateau_probed_ever
     # each probe waits twice as many clean windows on it as the one before.
     gaps = [round(b - a) for a, b in itertools.pairwise(probes)]
     assert gaps == [6, 16, 20, 30]
+
+
+def test_a_clean_window_above_a_plateau_ends_it() -> None:
+    """The limit of 8 in flight goes away (another executor finished): once a probe above
+    the plateau passes a clean window, growth goes on every window, not once a patience."""
+    clock = Clock()
+    controller = plateau_controller(clock)
+    t = 0.0
+    while controller._patience < 4:  # probes refused at 8 until the plateau is well set
+        busy(controller, clock, t, t + 0.5)
+        t += 0.5
+        if controller._target_concurrency > 8:
+            refuse(controller, clock, t, 8)
+    targets = []
+    for _ in range(12):  # no refusal any more: 8 calls carried, 6 windows
+        busy(controller, clock, t, t + 5.0)
+        t += 5.0
+        targets.append(controller._target_concurrency)
+    assert controller._knee is None
+    assert targets[-1] > 12  # waiting on the plateau it would still be at 9
 
 
 def test_refusals_at_varying_levels_make_no_plateau() -> None:

@@ -394,10 +394,18 @@ class ConcurrencyController:
         else:
             new_episode = started_at >= self._last_cut_at
         if not new_episode:
-            if self._held is not None and self._inflight is not None:
-                self._held = min(self._held, float(max(self._inflight, 1)))
-            if self._inflight is not None and self._inflight < self._target:
-                self._set_target(max(self._inflight, 1), now, reason)
+            if self._inflight is None:
+                return
+            inflight = float(max(self._inflight, 1))
+            if self._held is not None:
+                self._held = min(self._held, inflight)
+            # Before any success, the calls in flight are all the episode says about the
+            # provider (a start burst into a limit of 8 in flight ends at 8). Once the
+            # goodput floor knows what it sustains, the episode's cut already used that,
+            # and a refusal that found a shared bucket empty with one call in flight would
+            # cut a small target far deeper than a large one.
+            if inflight < self._target and not self._knows_goodput():
+                self._set_target(inflight, now, reason)
             return
         self._streak = 0
         if self._plateau and self._inflight is not None:
@@ -456,6 +464,9 @@ class ConcurrencyController:
             held = max(held, self._goodput_floor * self._target)
         return min(cut, held)
 
+    def _knows_goodput(self) -> bool:
+        return self._goodput_floor > 0 and self._smoothed_latency_seconds is not None
+
     def _window_issues(self) -> int:
         return self._error_count + (self._timeout_count if self._timeouts_cut else 0)
 
@@ -493,6 +504,9 @@ class ConcurrencyController:
         if knee is not None and grown > knee:
             if self._target < knee:
                 grown = knee  # back up to the plateau
+            elif self._target > knee:  # a clean window above it: the plateau is gone
+                self._knee = None
+                self._patience = 1
             elif self._calm < self._patience:
                 self._calm += 1
                 self._streak = 0
