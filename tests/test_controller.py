@@ -707,14 +707,10 @@ def test_a_fractional_controller_dispatches_by_the_float_target() -> None:
     assert (fractional.dispatch_limit, fractional.target_concurrency) == (3.6, 3)
 
 
-def test_the_start_ramp_lets_one_more_call_in_per_success_up_to_the_target() -> None:
+def test_the_start_ramp_holds_back_the_rest_of_the_target_until_the_first_success() -> None:
     clock = Clock()
     controller = make(clock, max_concurrency=40, initial_target=40, start_share=0.5)
     assert (controller.dispatch_limit, controller.target_concurrency) == (20.0, 40)
-    for _ in range(19):
-        controller.record_success(1.0)
-    assert controller.dispatch_limit == 39.0
-    controller.record_success(1.0)
     controller.record_success(1.0)
     assert controller.dispatch_limit == 40.0  # the ramp is over
 

@@ -124,10 +124,10 @@ class ConcurrencyController:
       fourth call may be in flight 60 % of the time (the engine's gate keeps that
       share), where the floor would leave a provider that sustains 3.6 at 3.
     * ``start_share``: the start ramp. The first calls go out at this share of the
-      target (rounded up) and each success lets one more in (two calls start per
-      success) until the target is reached; the first issue ends the ramp and the
-      cut starts from the ramp's level. A latency-bound run is at full concurrency
-      after one latency; a provider that refuses the start refuses half as many.
+      target (rounded up); the first success lets the rest in, and the first issue
+      ends the ramp and cuts from its level. A provider that refuses the start
+      refuses that share of the calls it would have; a run that is never refused
+      starts the rest one (fastest) latency late.
     * ``plateau``: remember the calls in flight when the provider last refused one.
       When a probe above that level is refused within one window at the same level
       (a limit on calls in flight, not on their rate), growth stops there: it waits
@@ -245,8 +245,8 @@ class ConcurrencyController:
         # on every success, so at most one window of successes is held.
         self._success_times: deque[tuple[float, float]] = deque()  # (time, latency)
         # The start ramp (with `start_share`): the first calls start at that share of the
-        # target, and each success lets one more in, until the target or the first issue.
-        self._ramp: float | None = None if self._start_share <= 0 else 0.0
+        # target; the first success lets the rest in, the first issue ends it at that share.
+        self._ramping = self._start_share > 0
         # The plateau: the calls the provider held when it last refused one, and how many
         # clean windows growth waits there before it probes above them again.
         self._held: float | None = None
@@ -272,19 +272,14 @@ class ConcurrencyController:
         """How many calls the engine lets be in flight: `target_concurrency`, or with
         ``fractional`` the float target itself (3.6: a fourth call 60 % of the time)."""
         limit = self._target if self._fractional else float(self.target_concurrency)
-        if self._ramp is not None:
-            ramp = self._ramp_level()
-            if ramp is not None:
-                limit = min(limit, ramp)
+        if self._ramping:
+            limit = min(limit, self._ramp_level())
         if limit < 1.0:
             return 1.0
         return limit if limit <= self._max_concurrency else float(self._max_concurrency)
 
-    def _ramp_level(self) -> float | None:
-        if self._ramp is None:
-            return None
-        first = max(1.0, math.ceil(self._start_share * self._target))
-        return first + max(0.0, self._ramp)
+    def _ramp_level(self) -> float:
+        return max(1.0, math.ceil(self._start_share * self._target))
 
     @property
     def max_concurrency(self) -> int:
@@ -332,11 +327,7 @@ class ConcurrencyController:
             times.append((now, latency))
             if times[0][0] < now - self._window_seconds:  # (the call only when needed)
                 self._trim_success_times(now)
-        if self._ramp is not None:
-            self._ramp += 1.0
-            level = self._ramp_level()
-            if level is not None and level >= self._target:
-                self._ramp = None
+        self._ramping = False
         if self._smoothed_latency_seconds is None:
             self._smoothed_latency_seconds = latency
         else:
@@ -382,9 +373,9 @@ class ConcurrencyController:
     def _issue(self, now: float, reason: ChangeReason, started_at: float | None = None) -> None:
         """An error, or a timeout that cuts, was recorded (and counted) at `now`."""
         self._slow_start = False
-        ramp = self._ramp_level()
-        if ramp is not None:  # the ramp ends: the target is what was in use
-            self._ramp = None
+        if self._ramping:  # the ramp ends: the target is what was in use
+            self._ramping = False
+            ramp = self._ramp_level()
             if ramp < self._target:
                 self._set_target(ramp, now, reason)
         if self._episode_seconds <= 0:
@@ -558,9 +549,10 @@ TIMEOUTS_CUT = False
 # floor to 3.6, keeps 3.6 of them instead of 3 (a quarter of its rate).
 FRACTIONAL = True
 # No start ramp by default. `start_share=0.5` halves the calls a provider refuses at
-# the start (inflight8: 1.7 % of calls refused instead of 3.6 %) and costs a long
-# latency-bound run half of one latency, but a run of at most `concurrency` inputs
-# would wait one whole latency for its second half: twice as long.
+# the start (inflight8: 1.7 % of calls refused instead of 3.6 %), but every run that is
+# never refused waits one latency for its second half: the latency row (fixed latency,
+# 40 rounds) takes one round more (+2.5 %), a run of at most `concurrency` inputs twice
+# as long. Nothing seen before the first response tells the two cases apart.
 START_SHARE = 0.0
 # A limit on calls in flight refuses every probe above it: after two refusals at the
 # same level, probe it less and less often instead of once every two windows.
