@@ -16,6 +16,7 @@ import gc
 import importlib
 import inspect
 import itertools
+import random
 import statistics
 import sys
 import tempfile
@@ -1273,12 +1274,55 @@ def _per_executor(
     return done_total, jain_fairness(throughputs), lines
 
 
+# The executors' backoff jitter draws from the global `random` (seeded with SEED per
+# row): one virtual row is one draw. Virtual rows run again with this many other seeds,
+# and their notes give the spread (the targets of the README are judged on it).
+SPREAD_SEEDS = 10
+QUICK_SPREAD_SEEDS = 3
+
+
+def _with_seed_spread(
+    run: Callable[[str, bool, Timebase], Measurement],
+) -> Callable[[str, bool], Measurement]:
+    """`run` in virtual time, its notes followed by the spread over other jitter seeds."""
+
+    def spread(impl: str, quick: bool) -> Measurement:
+        m = run(impl, quick, VIRTUAL)
+        state = random.getstate()
+        samples = [m]
+        for i in range(1, QUICK_SPREAD_SEEDS if quick else SPREAD_SEEDS):
+            random.seed(SEED + i)
+            samples.append(run(impl, quick, VIRTUAL))
+        random.setstate(state)
+        effs = [s.efficiency or 0.0 for s in samples]
+        wasted = [100.0 * s.wasted / s.calls if s.calls else 0.0 for s in samples]
+        parts = [
+            f"efficiency mean {statistics.mean(effs):.3f} (min {min(effs):.3f})",
+            f"wasted mean {statistics.mean(wasted):.1f}% (max {max(wasted):.1f}%)",
+        ]
+        extra: dict[str, float] = {
+            "efficiency_mean": statistics.mean(effs),
+            "efficiency_min": min(effs),
+            "wasted_pct_mean": statistics.mean(wasted),
+            "wasted_pct_max": max(wasted),
+        }
+        if "jain" in m.extra:
+            jains = [float(s.extra["jain"]) for s in samples]
+            parts.append(f"Jain mean {statistics.mean(jains):.3f} (min {min(jains):.3f})")
+            extra |= {"jain_mean": statistics.mean(jains), "jain_min": min(jains)}
+        m.notes.append(f"over {len(samples)} jitter seeds: " + "; ".join(parts))
+        m.extra["seeds"] = extra
+        return m
+
+    return spread
+
+
 def _timed_pair(
     name: str, run: Callable[[str, bool, Timebase], Measurement], summary: str
 ) -> list[Scenario]:
     """`name` in virtual time and `name-rt` in compressed real time, from one function."""
     return [
-        Scenario(name, lambda impl, quick: run(impl, quick, VIRTUAL), summary, virtual=True),
+        Scenario(name, _with_seed_spread(run), summary, virtual=True),
         Scenario(
             f"{name}-rt",
             lambda impl, quick: run(impl, quick, COMPRESSED),
