@@ -57,10 +57,13 @@ async def test_remaining_headers_on_a_success_teach_a_budget_that_holds_what_is_
     """60 rpm with nothing left: the learned limiter lets the next call start one step
     (1 s) after the request that said so was sent, not at once."""
     starts: list[float] = []
+    snaps: list[tuple[str, bool]] = []
     loop = asyncio.get_running_loop()
 
     async def call(i: int) -> int:
         starts.append(loop.time())
+        snap = executor.snapshot()
+        snaps.append((snap.budget, snap.budget_learned))
         if i == 0:
             await respond(200, OPENAI_OK)
         return i
@@ -69,6 +72,7 @@ async def test_remaining_headers_on_a_success_teach_a_budget_that_holds_what_is_
     outputs, _ = await executor.execute([0, 1, 2])
     assert outputs == [0, 1, 2]
     assert starts == [0.0, 1.0, 2.0]
+    assert snaps == [("", False)] + [("rpm<=60 tpm<=150000", True)] * 2
     assert any("rpm<=60 tpm<=150000" in text for _, text in bars.opened[0].postfixes)
     assert bars.lines[-1].endswith("; budget learned from the provider: rpm<=60 tpm<=150000")
 
@@ -130,15 +134,19 @@ async def test_a_raised_429_with_limit_headers_teaches_the_budget_without_the_ho
 async def test_a_given_limiter_is_the_budget_and_nothing_is_learned(bars: Any) -> None:
     from evalexec.limits import LocalLimiter
 
+    snaps: list[tuple[str, bool]] = []
+
     async def call(i: int) -> int:
         await respond(200, OPENAI_OK)
+        snap = executor.snapshot()
+        snaps.append((snap.budget, snap.budget_learned))
         return i
 
-    executor = AsyncExecutor(
-        call, concurrency=1, tqdm_bar_format="{postfix}", limiter=LocalLimiter(rpm=6000)
-    )
+    limiter = LocalLimiter(rpm=6000, max_inflight=4, period_seconds=10)
+    executor = AsyncExecutor(call, concurrency=1, tqdm_bar_format="{postfix}", limiter=limiter)
     await executor.execute([0, 1])
     assert "learned" not in bars.lines[-1]
+    assert snaps == [("requests<=6000/10s inflight<=4", False)] * 2
 
 
 async def test_the_hooks_do_nothing_outside_a_run() -> None:

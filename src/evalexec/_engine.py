@@ -43,7 +43,14 @@ from evalexec._signals import termination_handler
 from evalexec._telemetry import NO_TELEMETRY, RunTelemetry, start_run
 from evalexec._watchdog import SAMPLE_PERIOD, SAMPLE_SIZE, Watchdog
 from evalexec.exceptions import ErrorKind
-from evalexec.limits import CostExceedsBudget, Limiter, LimiterStopped, LimiterUnavailable, Permit
+from evalexec.limits import (
+    CostExceedsBudget,
+    Limiter,
+    LimiterStopped,
+    LimiterUnavailable,
+    Permit,
+    _Budgets,
+)
 
 logger = logging.getLogger("evalexec")
 
@@ -150,6 +157,8 @@ class RunSnapshot:
     elapsed_seconds: float
     eta_seconds: float | None  # at the pace so far; None before the first input is final
     stop: StopReason | None  # why the run is stopping, or None while it goes on
+    budget: str = ""  # the budgets in use ("rpm<=500 tpm<=30000"), "" when none is known
+    budget_learned: bool = False  # True when `budget` was learned from the provider
 
 
 class _Work:
@@ -723,7 +732,17 @@ class Run:
             elapsed_seconds=elapsed,
             eta_seconds=eta,
             stop=self.stop,
+            budget=self.budget_text(),
+            budget_learned=self.learned is not None and self.learned.limiter is not None,
         )
+
+    def budget_text(self) -> str:
+        """The budgets in use: learned, or the limiter's own (a `Limiter` of the user's
+        own making may not say what it enforces: "")."""
+        if self.learned is not None:
+            return self.learned.describe()
+        budgets = getattr(self.limiter, "budgets", None)
+        return budgets.describe() if isinstance(budgets, _Budgets) else ""
 
     def cooldown(self) -> float:
         """Seconds left of a provider's pause, here or (with a shared limiter) anywhere."""

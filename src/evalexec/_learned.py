@@ -129,12 +129,7 @@ class LearnedBudget:
 
     def describe(self) -> str:
         """``rpm<=500 tpm<=30000`` (what is known), or "" before anything is learned."""
-        if self.limiter is None:
-            return ""
-        budgets = self.limiter.budgets
-        parts = [f"rpm<={budgets.rpm}" if budgets.rpm is not None else ""]
-        parts.append(f"tpm<={budgets.tpm}" if budgets.tpm is not None else "")
-        return " ".join(part for part in parts if part)
+        return "" if self.limiter is None else self.limiter.budgets.describe()
 
     def observe(
         self, info: RateLimitInfo, sent_at: float, sent_after: int, wait: float | None

@@ -160,6 +160,18 @@ class _Budgets:
     def logged(self) -> bool:
         return self.rpm is not None or self.tpm is not None
 
+    def describe(self) -> str:
+        """``rpm<=500 tpm<=30000 inflight<=8``; with a period other than a minute the
+        rates say theirs: ``requests<=100/10s tokens<=5000/10s``."""
+        minute = self.period == 60
+        per = "" if minute else f"/{self.period:g}s"
+        named = (
+            ("rpm" if minute else "requests", self.rpm, per),
+            ("tpm" if minute else "tokens", self.tpm, per),
+            ("inflight", self.max_inflight, ""),
+        )
+        return " ".join(f"{name}<={n}{unit}" for name, n, unit in named if n is not None)
+
     def scaled(self, share: float) -> _Budgets:
         def part(value: int | None) -> int | None:
             return None if value is None else max(1, math.floor(value * share))
