@@ -236,6 +236,29 @@ async def test_the_last_allowed_timeout_says_it_will_not_be_retried(spans: Spans
 
 
 @pytest.mark.looptime
+async def test_a_budget_learned_from_the_headers_is_an_event_on_the_run_span(
+    spans: Spans,
+) -> None:
+    import httpx
+
+    import evalexec.httpx
+
+    hooks = evalexec.httpx.event_hooks()
+
+    async def call(item: str) -> str:
+        request = httpx.Request("POST", "http://provider/v1/chat/completions")
+        await hooks["request"][0](request)
+        headers = {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "599"}
+        await hooks["response"][0](httpx.Response(200, headers=headers, request=request))
+        return output_for(item)
+
+    outputs, _ = await AsyncExecutor(call, concurrency=1).execute(["a", "b"])
+    assert outputs == [output_for("a"), output_for("b")]
+    learned = [e for e in events(spans.run()) if e[0] == "evalexec.budget_learned"]
+    assert learned == [("evalexec.budget_learned", {"evalexec.budget": "rpm<=600"})]
+
+
+@pytest.mark.looptime
 async def test_a_rate_limit_with_a_hint_is_a_cooldown_event_on_the_run_span(
     spans: Spans,
 ) -> None:

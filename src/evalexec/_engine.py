@@ -650,8 +650,10 @@ class Run:
             self.limiter = limiter
             if wait:
                 limiter.report_rate_limit(self.gate.pause_remaining() or None)
-            say.budget_learned(self.learned.describe())
-            self.progress.note = say.learned_budget(self.learned.describe())
+            budget = self.learned.describe()
+            say.budget_learned(budget)
+            self.telemetry.budget_learned(budget)
+            self.progress.note = say.learned_budget(budget)
             self.progress.refresh(force=True)
 
     def fail(self, work: _Work, cause: str) -> None:

@@ -104,9 +104,10 @@ class RunTelemetry:
     The engine calls `attempt_started` right before it calls the function and
     `attempt_left` (in a ``finally``) right after, in the same task or thread; then
     exactly one of `attempt_ended` / `attempt_errored` for an attempt that ends on its
-    own; `cooldown` and `target_changed` whenever they happen; `final` once per input
-    that reaches a final status; and `run_ended` once, at the end. Attempts still open
-    then were cancelled with the run (or left behind by an error that stopped it).
+    own; `cooldown`, `target_changed` and `budget_learned` whenever they happen; `final`
+    once per input that reaches a final status; and `run_ended` once, at the end.
+    Attempts still open then were cancelled with the run (or left behind by an error
+    that stopped it).
     """
 
     __slots__ = ()
@@ -132,6 +133,9 @@ class RunTelemetry:
 
     def target_changed(self, old: int, new: int) -> None:
         """The number of calls allowed in flight moved from `old` to `new`."""
+
+    def budget_learned(self, budget: str) -> None:
+        """The provider's headers set the run's budget (``rpm<=500 tpm<=30000``)."""
 
     def final(self, status: ExecutionStatus) -> None:
         """One more input reached its final `status`."""
@@ -335,6 +339,10 @@ class _Traced(RunTelemetry):
         self._span.add_event(
             "evalexec.target_changed", {"evalexec.target.old": old, "evalexec.target.new": new}
         )
+
+    @_guarded
+    def budget_learned(self, budget: str) -> None:
+        self._span.add_event("evalexec.budget_learned", {"evalexec.budget": budget})
 
     @_guarded
     def final(self, status: ExecutionStatus) -> None:
