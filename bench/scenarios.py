@@ -985,7 +985,10 @@ def rpm500(impl: str, quick: bool, tb: Timebase) -> Measurement:
     return m
 
 
-def _inflight(impl: str, quick: bool, tb: Timebase, hints: bool) -> Measurement:
+def _inflight(
+    impl: str, quick: bool, tb: Timebase, hints: bool, initial: int | None = None
+) -> Measurement:
+    """With `initial`, the executor is told ``dynamic_initial_target=initial``."""
     n, conc, limit = (200 if quick else 1000), 40, 8
     config = ProviderConfig(
         latency=LLM_LATENCY,
@@ -996,8 +999,11 @@ def _inflight(impl: str, quick: bool, tb: Timebase, hints: bool) -> Measurement:
     plan_provider = AsyncProvider(config)
     latencies = [plan_provider.plan.latency(x) for x in range(n)]
     ideal = max(sum(latencies) / limit, max(latencies))
-    m, report, _ = _rate_single(impl, config, n, conc, ideal, tb)
+    told = None if initial is None else (lambda: {"dynamic_initial_target": initial})
+    m, report, _ = _rate_single(impl, config, n, conc, ideal, tb, more_options=told)
     m.notes.insert(1, waste_note(report))
+    if initial is not None:
+        m.notes.insert(2, f"dynamic_initial_target={initial}")
     mean = sum(latencies) / n
     m.notes.append(f"mean latency {mean:.3f} s" if tb.k == 1 else f"mean latency {mean:.5f} s")
     if hints:
@@ -1349,6 +1355,10 @@ def _inflight_hints(impl: str, quick: bool, tb: Timebase) -> Measurement:
     return _inflight(impl, quick, tb, hints=True)
 
 
+def _inflight_told(impl: str, quick: bool, tb: Timebase) -> Measurement:
+    return _inflight(impl, quick, tb, hints=False, initial=8)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -1409,6 +1419,13 @@ SCENARIOS: dict[str, Scenario] = {
             "inflight8", _inflight_plain, "provider allows 8 in flight, 1000 x ~1.7 s, c=40"
         ),
         *_timed_pair("inflight8-hints", _inflight_hints, "as inflight8, 429s carry retry-after: 1"),
+        Scenario(
+            "inflight8-initial",
+            _with_seed_spread(_inflight_told),
+            "inflight8 with dynamic_initial_target=8 (the user knows the limit)",
+            virtual=True,
+            skip={"floor": "n/a: the floor has no dynamic_initial_target"},
+        ),
         *_timed_pair("quota", quota, "every call: insufficient_quota 429 after 0.5 s"),
         *_timed_pair("shared4", shared4, "4 executors x 500 inputs share one 500 req/min provider"),
         *_budget_pair("rpm500-budget", rpm500_budget, "rpm500 with limiter=LocalLimiter(rpm=500)"),
