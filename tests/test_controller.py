@@ -776,7 +776,7 @@ def test_once_successes_are_known_a_cut_to_the_calls_in_flight_keeps_the_floor_s
     assert controller._target_concurrency == 3.6  # not 1
 
 
-def test_inside_an_episode_a_refusal_with_few_calls_in_flight_keeps_the_floor_share() -> None:
+def test_inside_an_episode_a_refusal_with_few_calls_in_flight_keeps_the_episodes_cut() -> None:
     """A shared rate limit refuses whichever call finds the bucket empty: a small target
     refused with one call in flight must not drop to 1 (a large one would keep 90 %)."""
     clock = Clock()
