@@ -163,7 +163,24 @@ def start_run(
         return NO_TELEMETRY
     trace, context = api
     try:
-        return _start(trace, context, executor, function, total, concurrency, max_retries, timeout)
+        from evalexec import __version__  # (here: evalexec imports this module)
+
+        attributes: dict[str, Any] = {
+            SPAN_KIND: CHAIN,
+            "evalexec.executor": executor,
+            "evalexec.function": _name_of(function),
+            "evalexec.run.concurrency": concurrency,
+            "evalexec.run.max_retries": max_retries,
+        }
+        if total is not None:
+            attributes["evalexec.run.inputs"] = total
+        if timeout != float("inf"):
+            attributes["evalexec.run.timeout_seconds"] = float(timeout)
+        tracer = trace.get_tracer("evalexec", __version__, tracer_provider=tracer_provider)
+        span = tracer.start_span(RUN_SPAN, attributes=attributes)
+        if not span.is_recording():
+            return NO_TELEMETRY  # no SDK configured, or not sampled: stay out of the way
+        return _Traced(tracer, span, trace, context)
     except Exception:
         _tracing_failed()
         return NO_TELEMETRY
@@ -183,36 +200,6 @@ def _api() -> tuple[Any, Any] | None:
         else:
             _API.append((trace, context))
     return _API[0]
-
-
-def _start(
-    trace: Any,
-    context: Any,
-    executor: ExecutorKind,
-    function: Callable[..., Any],
-    total: int | None,
-    concurrency: int,
-    max_retries: int,
-    timeout: float,
-) -> RunTelemetry:
-    from evalexec import __version__
-
-    tracer = trace.get_tracer("evalexec", __version__, tracer_provider=tracer_provider)
-    attributes: dict[str, Any] = {
-        SPAN_KIND: CHAIN,
-        "evalexec.executor": executor,
-        "evalexec.function": _name_of(function),
-        "evalexec.run.concurrency": concurrency,
-        "evalexec.run.max_retries": max_retries,
-    }
-    if total is not None:
-        attributes["evalexec.run.inputs"] = total
-    if timeout != float("inf"):
-        attributes["evalexec.run.timeout_seconds"] = float(timeout)
-    span = tracer.start_span(RUN_SPAN, attributes=attributes)
-    if not span.is_recording():
-        return NO_TELEMETRY  # no SDK configured, or not sampled: stay out of the way
-    return _Traced(tracer, span, trace, context)
 
 
 def _tracing_failed() -> None:
