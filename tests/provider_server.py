@@ -38,15 +38,13 @@ import argparse
 import datetime
 import json
 import math
-import sys
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from typing import Any
 
-from tests.integration.openai_server import JsonHandler, completion, user_text
+from tests.integration.openai_server import JsonHandler, completion, serve, user_text
 
 UNLIMITED_TOKENS = 1_000_000
 
@@ -228,17 +226,7 @@ def main() -> None:
     parser.add_argument("--quiet-successes", action="store_true")
     args = parser.parse_args()
     handler = make_handler(args.latency, Provider(args.rpm, args.tpm), args.quiet_successes)
-    ThreadingHTTPServer.request_queue_size = 256
-    ThreadingHTTPServer.daemon_threads = True
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    print(f"PORT {server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        sys.stdout.flush()
+    serve(handler)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,22 @@ class JsonHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def serve(handler: type[BaseHTTPRequestHandler]) -> None:
+    """Serve on a free loopback port, printed as ``PORT <n>`` for the fixture, until
+    it is stopped (a SIGINT ends it cleanly)."""
+    ThreadingHTTPServer.request_queue_size = 256
+    ThreadingHTTPServer.daemon_threads = True
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    print(f"PORT {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        sys.stdout.flush()
+
+
 def make_handler(latency: float, bucket: Bucket | None, rpm: int, stats: Stats) -> type:
     class Handler(JsonHandler):
         def do_GET(self) -> None:
@@ -193,17 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     bucket = Bucket(args.rpm / 60.0) if args.rpm > 0 else None
     handler = make_handler(args.latency, bucket, args.rpm, Stats())
-    ThreadingHTTPServer.request_queue_size = 256
-    ThreadingHTTPServer.daemon_threads = True
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    print(f"PORT {server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        sys.stdout.flush()
+    serve(handler)
 
 
 if __name__ == "__main__":
