@@ -1302,20 +1302,20 @@ def _with_seed_spread(
         random.setstate(state)
         effs = [s.efficiency or 0.0 for s in samples]
         wasted = [100.0 * s.wasted / s.calls if s.calls else 0.0 for s in samples]
-        parts = [
-            f"efficiency mean {statistics.mean(effs):.3f} (min {min(effs):.3f})",
-            f"wasted mean {statistics.mean(wasted):.1f}% (max {max(wasted):.1f}%)",
-        ]
-        extra: dict[str, float] = {
+        extra = {
             "efficiency_mean": statistics.mean(effs),
             "efficiency_min": min(effs),
             "wasted_pct_mean": statistics.mean(wasted),
             "wasted_pct_max": max(wasted),
         }
+        parts = [
+            f"efficiency mean {extra['efficiency_mean']:.3f} (min {extra['efficiency_min']:.3f})",
+            f"wasted mean {extra['wasted_pct_mean']:.1f}% (max {extra['wasted_pct_max']:.1f}%)",
+        ]
         if "jain" in m.extra:
             jains = [float(s.extra["jain"]) for s in samples]
-            parts.append(f"Jain mean {statistics.mean(jains):.3f} (min {min(jains):.3f})")
             extra |= {"jain_mean": statistics.mean(jains), "jain_min": min(jains)}
+            parts.append(f"Jain mean {extra['jain_mean']:.3f} (min {extra['jain_min']:.3f})")
         m.notes.append(f"over {len(samples)} jitter seeds: " + "; ".join(parts))
         m.extra["seeds"] = extra
         return m
